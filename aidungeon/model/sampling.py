@@ -1,0 +1,80 @@
+"""Logits processors for story sampling, following transformers' LogitsProcessor contract.
+
+Each step validates its settings in `__init__` and is a pure `__call__(input_ids, scores) ->
+scores` on tensors: no hidden state, no Python loops over the vocabulary. Temperature, top-k
+and top-p come from transformers itself; this module adds the range-and-slope repetition
+penalty that story players know from KoboldAI, and `build_processors` which assembles the list.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from aidungeon.config import Sampling
+
+
+class RangeRepetitionPenalty(LogitsProcessor):
+    """Penalise tokens seen in the last `window` tokens, recent ones the most.
+
+    The penalty for a token at distance d (0 = the newest) is `1 + (penalty - 1) * w(d)` with
+    `w(d) = 1 - slope * d / window`: slope 0 is a flat penalty, slope 1 fades it to nothing at
+    the far end of the range. A token seen several times gets its strongest (most recent)
+    penalty. It is sign-aware: positive logits are divided by the penalty, negative logits are
+    multiplied, so the penalty always makes a token less likely (the CTRL rule).
+    """
+
+    def __init__(self, penalty: float, *, window: int, slope: float = 0.0) -> None:
+        if penalty < 1.0:
+            raise ValueError(f"penalty must be at least 1, got {penalty}")
+        if window < 0:
+            raise ValueError(f"window must be 0 or more, got {window}")
+        if not 0.0 <= slope <= 1.0:
+            raise ValueError(f"slope must be between 0 and 1, got {slope}")
+        self.penalty = penalty
+        self.window = window
+        self.slope = slope
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.penalty == 1.0 or self.window == 0 or input_ids.shape[1] == 0:
+            return scores
+        recent = input_ids[:, -self.window :]
+        length = recent.shape[1]
+        # Distance 0 is the newest token (the last column).
+        distance = torch.arange(length - 1, -1, -1, device=scores.device, dtype=scores.dtype)
+        weight = 1.0 - self.slope * distance / self.window
+        per_position = (1.0 + (self.penalty - 1.0) * weight).expand(recent.shape[0], -1)
+        factors = torch.ones_like(scores).scatter_reduce(1, recent, per_position, reduce="amax")
+        return torch.where(scores < 0, scores * factors, scores / factors)
+
+
+def build_processors(sampling: Sampling) -> LogitsProcessorList:
+    """The processors for one generation, in the order KoboldAI and transformers apply them."""
+    processors = LogitsProcessorList()
+    if sampling.repetition_penalty > 1.0 and sampling.repetition_range > 0:
+        processors.append(
+            RangeRepetitionPenalty(
+                sampling.repetition_penalty, window=sampling.repetition_range, slope=sampling.repetition_slope
+            )
+        )
+    if sampling.temperature > 0:
+        processors.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_k > 0:
+            processors.append(TopKLogitsWarper(sampling.top_k))
+        if sampling.top_p < 1.0:
+            processors.append(TopPLogitsWarper(sampling.top_p))
+    return processors
+
+
+def sample_next(scores: torch.Tensor, *, greedy: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row from processed scores: argmax when greedy, else sample."""
+    if greedy:
+        return scores.argmax(dim=-1)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)

@@ -1,0 +1,1 @@
+"""Terminal input and output: the only package that touches the terminal."""
