@@ -165,8 +165,7 @@ def _finish(text: str) -> str:
     curly_open = text.count("“") > text.count("”")
     if straight_open or curly_open:
         closer = '"' if straight_open else "”"
-        body = text.rstrip(",;: ")
-        return body + ("" if body[-1:] in _TERMINAL else ".") + closer
+        return text + ("" if text[-1:] in _TERMINAL else ".") + closer
     if text[-1:] in '"”':
         body = text[:-1].rstrip(",;: ")
         return body + ("" if body[-1:] in _TERMINAL else ".") + text[-1]

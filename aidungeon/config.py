@@ -132,7 +132,7 @@ class Config:
     app: AppSettings = field(default_factory=AppSettings)
 
     @staticmethod
-    def keys() -> list[str]:
+    def setting_names() -> list[str]:
         """Every settable key, in display order."""
         return [f.name for cls in _SECTIONS.values() for f in fields(cls)]
 

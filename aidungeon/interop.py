@@ -39,6 +39,12 @@ from aidungeon.errors import SaveError
 from aidungeon.story import Candidate, Story, WorldEntry
 
 IMPORT_FORMATS = ("aidungeon2", "clover", "koboldai", "aidungeon-web")
+_FORMAT_NAMES = {
+    "aidungeon2": "an AI Dungeon 2 save",
+    "clover": "a Clover Edition save",
+    "koboldai": "a KoboldAI save",
+    "aidungeon-web": "an AI Dungeon web export",
+}
 EXPORT_FORMATS = ("md", "txt", "html")
 
 _KOBOLD_MARKERS = ("actions", "gamestarted", "memory", "authorsnote", "authornote", "worldinfo")
@@ -405,7 +411,7 @@ def import_file(path: Path) -> tuple[list[Story], list[str]]:
         found, notes = _IMPORTERS[fmt](data, path.stem)
         stories = [_build(parts) for parts in found]
     except SaveError as err:
-        raise SaveError(f"{path.name} looks like a {fmt} save but cannot be read: {err}") from None
+        raise SaveError(f"{path.name} looks like {_FORMAT_NAMES[fmt]} but cannot be read: {err}") from None
     if not stories:
         raise SaveError(f"{path.name} holds no stories")
     return stories, notes

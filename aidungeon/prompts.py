@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from aidungeon.errors import ConfigError
+from aidungeon.story import Story, WorldEntry
 
 BUILTIN_PACKAGE = "aidungeon.stories"
 NAME_PLACEHOLDER = "{name}"
@@ -324,3 +325,26 @@ def starting_story_parts(setting: Setting, character: Character, player_name: st
         pin_opening=character.pin_opening,
         world=world,
     )
+
+
+def new_story(start: Start, player_name: str) -> Story:
+    """A fresh Story from a Start: opening, pinned memory and lore."""
+    return Story(
+        opening=start.opening,
+        title=start.title,
+        player_name=clean_player_name(player_name),
+        pin_opening=start.pin_opening,
+        memory=[start.memory] if start.memory.strip() else [],
+        world=[WorldEntry(keys=list(w.keys), text=w.text, constant=w.constant) for w in start.world],
+    )
+
+
+# A custom opening longer than this is not pinned: it would crowd the story out of a small window.
+MAX_PINNED_CUSTOM_CHARS = 1200
+
+
+def custom_story(opening: str) -> Story:
+    """A player-written opening, pinned when short, as AI Dungeon's custom prompts were."""
+    first_words = " ".join(opening.split()[:6])
+    pinned = len(opening.strip()) <= MAX_PINNED_CUSTOM_CHARS
+    return Story(opening=opening.strip(), title=f"Custom: {first_words}", pin_opening=pinned)

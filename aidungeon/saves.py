@@ -84,6 +84,7 @@ class _Loaded:
     data: SaveData
     saved_at: datetime | None
     warnings: list[str]
+    schema: int = SCHEMA_VERSION
 
 
 class _NewerSchemaError(SaveError):
@@ -205,11 +206,18 @@ def _parse(raw: bytes, label: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        if err.pos >= len(text.rstrip()):
+        if _looks_cut(text, err):
             raise SaveError(f"{label} is damaged: it was cut short") from None
         raise SaveError(f"{label} is damaged: it is not valid JSON ({err.msg}, line {err.lineno})") from None
     except RecursionError:
         raise SaveError(f"{label} is damaged: its JSON is nested too deeply") from None
+
+
+def _looks_cut(text: str, err: json.JSONDecodeError) -> bool:
+    """A save is one JSON object: if it breaks off at its very end (or inside a string), it was truncated."""
+    body = text.rstrip()
+    near_end = len(body) - err.pos <= 8 or err.msg.startswith("Unterminated string")
+    return body.lstrip().startswith("{") and near_end
 
 
 def _schema_of(doc: Any, label: str) -> int:
@@ -225,12 +233,19 @@ def _schema_of(doc: Any, label: str) -> int:
     return version
 
 
+def _why(err: Exception) -> str:
+    """A short reason for a rejected document: "no 'opening'" rather than "KeyError('opening')"."""
+    if isinstance(err, KeyError):
+        return f"no {err.args[0]!r}" if err.args else "a field is missing"
+    return str(err) or type(err).__name__
+
+
 def _migrate(doc: dict[str, Any], version: int, label: str) -> dict[str, Any]:
     for step in range(version, SCHEMA_VERSION):
         try:
             doc = MIGRATIONS[step](doc)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise SaveError(f"{label} is damaged: it could not be upgraded from schema {step} ({err!r})") from None
+            raise SaveError(f"{label} is damaged: it could not be upgraded from schema {step} ({_why(err)})") from None
     return doc
 
 
@@ -257,7 +272,7 @@ def _decode(raw: bytes, label: str) -> _Loaded:
     try:
         story = Story.from_dict(doc["story"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise SaveError(f"{label} is damaged: its story is invalid ({err!r})") from None
+        raise SaveError(f"{label} is damaged: its story is invalid ({_why(err)})") from None
     model = doc.get("model", "")
     if not isinstance(model, str):
         warnings.append(f"{label}: the saved model name was unreadable and was ignored")
@@ -266,7 +281,8 @@ def _decode(raw: bytes, label: str) -> _Loaded:
     if not (isinstance(settings, dict) and all(isinstance(v, dict) for v in settings.values())):
         warnings.append(f"{label}: the saved settings were unreadable and were ignored")
         settings = {}
-    return _Loaded(SaveData(story=story, model=model, settings=settings), _parse_time(doc.get("saved_at")), warnings)
+    data = SaveData(story=story, model=model, settings=settings)
+    return _Loaded(data, _parse_time(doc.get("saved_at")), warnings, version)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -369,6 +385,7 @@ def _encode(data: SaveData) -> bytes:
     except (TypeError, ValueError) as err:
         raise SaveError(f"the story holds data that cannot be saved ({err})") from None
     # A lone surrogate cannot be UTF-8; written as its JSON escape (\udXXX) it loads back unchanged.
+    # (A high and a low surrogate side by side load back as the one character they encode, as JSON defines.)
     return text.encode("utf-8", errors="backslashreplace")
 
 
@@ -392,7 +409,7 @@ def _keep_old(path: Path, new: SaveData, *, replace_damaged: bool) -> None:
         return
     raw = _read_bytes(path)
     try:
-        old = _decode(raw, path.name).data
+        old = _decode(raw, path.name)
     except _NewerSchemaError as err:
         raise SaveError(f"{err}; it was not overwritten, so save under another name") from None
     except SaveError as err:
@@ -403,7 +420,8 @@ def _keep_old(path: Path, new: SaveData, *, replace_damaged: bool) -> None:
             ) from None
         log.warning("%s; keeping it as %s", err, _set_aside(path).name)
         return
-    if not _same_content(old, new):
+    # An unchanged story (a save after /settings) keeps the older backup; an upgraded file keeps its original.
+    if old.schema < SCHEMA_VERSION or not _same_content(old.data, new):
         atomic_write(_backup_of(path), raw)
 
 

@@ -60,6 +60,7 @@ class Story:
 
     opening: str
     title: str = ""
+    player_name: str = ""
     pin_opening: bool = False
     memory: list[str] = field(default_factory=list)
     author_note: str = ""
@@ -194,6 +195,7 @@ class Story:
     def to_dict(self) -> dict[str, Any]:
         return {
             "title": self.title,
+            "player_name": self.player_name,
             "opening": self.opening,
             "pin_opening": self.pin_opening,
             "memory": list(self.memory),
@@ -222,6 +224,7 @@ class Story:
         story = cls(
             opening=str(data["opening"]),
             title=str(data.get("title", "")),
+            player_name=str(data.get("player_name", "")),
             pin_opening=bool(data.get("pin_opening", False)),
             memory=[str(m) for m in data.get("memory", [])],
             author_note=str(data.get("author_note", "")),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aidungeon.actions import Action, second_person, to_action
 
@@ -98,6 +100,7 @@ EMPTY_CASES = [
     ("say   ", Action("say", "")),
     ('say ""', Action("say", "")),
     ('"', Action("say", "")),
+    ('":', Action("say", "")),
 ]
 
 
@@ -135,3 +138,11 @@ def test_second_person(text: str, expected: str) -> None:
 def test_action_rejects_unknown_mode() -> None:
     with pytest.raises(ValueError, match="mode"):
         Action("shout", "You shout.")
+
+
+@given(st.text(alphabet=list("ab I my me say ! > \"“”'’.,:\t"), max_size=40))
+def test_any_line_gives_a_clean_action(line: str) -> None:
+    action = to_action(line)
+    assert action.text == action.text.strip()
+    if action.mode != "story" and action.text:
+        assert action.text[0].isupper() or action.text[0] in '"“'

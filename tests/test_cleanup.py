@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aidungeon.cleanup import (
     balance_quotes,
@@ -221,6 +223,7 @@ BALANCE_CASES = [
     ("She says “Hi.” He nods.", "She says “Hi.” He nods."),
     ('She says “Hi.” He says "Come in.', 'She says “Hi.” He says "Come in."'),
     ('He mutters, —"Never.', 'He mutters, —"Never."'),
+    ("“Wait. “Why?", "“Wait. “Why?””"),  # every open curly quote is closed
     ("", ""),
 ]
 
@@ -374,3 +377,17 @@ def test_pipeline(text: str, recent: list[str], name: str | None, expected: str)
 @pytest.mark.parametrize("text", [row[3] for row in PIPELINE_CASES if row[3]])
 def test_pipeline_is_idempotent_on_its_output(text: str) -> None:
     assert pipeline(text) == text
+
+
+# Model output is arbitrary text: whatever comes in, what is shown is finished and stable.
+_MESSY = st.text(alphabet=list("ab You say I Mr.!?,\"“”'’\n\t>|<#:"), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_MESSY, recent=st.lists(_MESSY, max_size=3))
+def test_pipeline_output_is_complete_and_stable(text: str, recent: list[str]) -> None:
+    out = pipeline(text, recent=recent, player_name="Aria")
+    assert out == out.strip()
+    if out:
+        assert not is_fragment(out)
+        assert pipeline(out) == out

@@ -56,6 +56,7 @@ def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int = 2000) -> PreT
 
 
 def _shape(shape: str) -> dict[str, int]:
+    """The dimensions of a named shape; a clear error for an unknown name."""
     if shape not in GPT2_SHAPES:
         raise ValueError(f"unknown GPT-2 shape {shape!r}; choose one of {', '.join(GPT2_SHAPES)}")
     return GPT2_SHAPES[shape]
@@ -123,6 +124,12 @@ def _token_stream(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], min_
     return torch.tensor(ids, dtype=torch.long)
 
 
+def _next_token_loss(model: GPT2LMHeadModel, batch: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]."""
+    logits = model(input_ids=batch[:, :-1]).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
 def train_briefly(
     model: GPT2LMHeadModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -132,31 +139,34 @@ def train_briefly(
     seed: int = 0,
     seq_len: int = 128,
     lr: float = 3e-3,
-    batch_size: int = 16,
+    batch_size: int = 8,
 ) -> float:
     """Train `model` for `steps` AdamW steps on random windows of `texts`; return the last loss.
 
-    Deterministic for a given seed (and thread count); the global torch RNG is left untouched.
+    Deterministic for a given seed and thread count; the global torch RNG is left untouched.
     The learning rate warms up briefly, then decays linearly, which helps a few hundred steps go far.
     """
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
     stream = _token_stream(tokenizer, texts, seq_len + 1)
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.1, 1.0 - step / steps))
     )
-    offsets = torch.arange(seq_len)
+    offsets = torch.arange(seq_len + 1)
     loss = torch.tensor(float("nan"))
     model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(stream) - seq_len, (batch_size, 1), generator=generator)
-        batch = stream[starts + offsets]
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # batches, and dropout for models that have it
+        for _ in range(steps):
+            starts = torch.randint(0, len(stream) - seq_len, (batch_size, 1))
+            batch = stream[starts + offsets]
+            loss = _next_token_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     model.eval()
     return float(loss.detach())
 

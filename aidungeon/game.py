@@ -1,0 +1,328 @@
+"""The game: one player line in, a stream of events out. No terminal I/O.
+
+`Game.handle(line)` runs a slash command or plays a turn: the action enters the story, the
+context is built in exact tokens, the engine streams a continuation, cleanup makes it
+presentable, the best candidate is kept and the adventure is autosaved. Everything the
+player should see comes back as `Event`s, which the terminal UI renders and which tests, the
+benchmark or a future HTTP server can consume the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from aidungeon import cleanup, saves
+from aidungeon.actions import to_action
+from aidungeon.config import Config, Sampling, normalize_key
+from aidungeon.context import Context, build
+from aidungeon.errors import AIDungeonError, OutOfMemoryError, StoryError
+from aidungeon.paths import Paths
+from aidungeon.story import Candidate, Story
+
+log = logging.getLogger(__name__)
+
+# How many times an empty or unusable result is regenerated before the player is told.
+MAX_ATTEMPTS = 3
+# How many recent results cleanup and the drift guard compare a new result with.
+RECENT_RESULTS = 6
+
+
+class GenerationLike(Protocol):
+    candidates: list[Any]
+    stats: Any
+
+    def __iter__(self) -> Iterator[str]: ...
+
+
+class EngineLike(Protocol):
+    """What the game needs from `model.engine.Engine` (tests may pass the real one)."""
+
+    window: int
+    device: Any
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, *, n: int = 1, stop: Any = None, seed: int | None = None
+    ) -> GenerationLike: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Table:
+    """Tabular output (/context, /saves, /settings, ...), rendered by the UI."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    footer: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something for the player.
+
+    kinds: "opening" and "story" (story text), "action" (the action as it entered the story),
+    "piece" (streamed text of a result in progress), "result" (the final text of a turn, which
+    replaces the streamed preview), "info", "error", "text" (a block such as /help or /print),
+    "table" (data is a Table), "edit" (the UI should let the player edit `text`, then send
+    `data` + the edited text), "quit".
+    """
+
+    kind: str
+    text: str = ""
+    data: Any = None
+
+
+@dataclass
+class TurnStats:
+    """What the last turn cost, for the status line."""
+
+    tokens_used: int = 0
+    budget: int = 0
+    tok_s: float = 0.0
+    ttft_s: float = 0.0
+    cache_hit: bool = False
+
+
+@dataclass
+class Game:
+    """A running adventure: the story, its settings, the engine, and where it is saved."""
+
+    story: Story
+    engine: EngineLike
+    config: Config
+    paths: Paths
+    save_name: str
+    model_name: str
+    autosave: bool = True
+    last: TurnStats = field(default_factory=TurnStats)
+    _start: int = 0
+    _rng: random.Random = field(default_factory=random.SystemRandom)
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def handle(self, line: str) -> Iterator[Event]:
+        """Run one line of player input."""
+        from aidungeon.commands import dispatch
+
+        try:
+            if line.strip().startswith("/"):
+                yield from dispatch(self, line.strip())
+            else:
+                yield from self.act(line)
+        except AIDungeonError as err:
+            yield Event("error", str(err))
+
+    def begin(self) -> Iterator[Event]:
+        """Show where the story stands; a story with no result yet gets its first continuation."""
+        yield from self.recap()
+        last = self.story.last
+        if last is None or not last.result:
+            yield from self.act(last.action if last is not None else "")
+
+    def recap(self, turns: int = 3) -> Iterator[Event]:
+        """The opening (for a young story) or the last few turns of the current branch."""
+        path = [t for t in self.story.path() if t.result]
+        if len(path) <= turns:
+            yield Event("opening", self.story.opening.strip())
+        else:
+            yield Event("info", f"... {len(path) - turns} earlier turns (/print shows the whole story)")
+        for turn in path[-turns:]:
+            if turn.action:
+                yield Event("action", turn.action)
+            yield Event("story", turn.result)
+
+    # -- turns -----------------------------------------------------------------------------
+
+    def act(self, line: str) -> Iterator[Event]:
+        """Play one action (an empty line continues the story)."""
+        action = to_action(line)
+        last = self.story.last
+        if last is not None and not last.result:
+            # A turn left without a result (a stopped generation) is replaced by the new one.
+            self.story.discard_last()
+        self.story.append(action.text)
+        if action.text:
+            yield Event("action", action.text)
+        yield from self._generate_turn(replace_on_failure=True)
+
+    def retry(self) -> Iterator[Event]:
+        """Show the next-best kept alternative at once, or generate new ones."""
+        turn = self.story.last
+        if turn is None:
+            raise StoryError("there is nothing to retry yet")
+        if turn.chosen + 1 < len(turn.candidates):
+            self.story.choose(turn.chosen + 1)
+            self._autosave()
+            yield Event("result", turn.result, data="retry")
+            return
+        yield from self._generate_turn(replace_on_failure=False)
+
+    def _generate_turn(self, *, replace_on_failure: bool) -> Iterator[Event]:
+        """Generate candidates for the last turn, bounded retries, keep the best, autosave."""
+        completed = False
+        try:
+            for attempt in range(MAX_ATTEMPTS):
+                candidates = yield from self._draw(attempt)
+                if candidates:
+                    self.story.add_candidates(candidates)
+                    self._autosave()
+                    yield Event("result", self.story.last.result if self.story.last else "")
+                    completed = True
+                    return
+            completed = True
+            if replace_on_failure:
+                self.story.discard_last()
+            yield Event(
+                "error", f"The story stalled: {MAX_ATTEMPTS} tries gave no usable text. Try another action or /set."
+            )
+        finally:
+            if not completed and replace_on_failure and self.story.last and not self.story.last.result:
+                # Stopped mid-generation (Ctrl-C, an error): the story keeps the action, no result.
+                self._autosave()
+
+    def _draw(self, attempt: int) -> Iterator[Event]:
+        """One batch of candidates: stream the first, clean all, return the usable ones best first."""
+        context = self.build_context()
+        sampling = self.config.sampling
+        seed = self._seed(attempt)
+        n = self.candidate_count()
+        try:
+            generation = self.engine.generate(context.ids, sampling, n=n, stop=self._stop_rule, seed=seed)
+            for piece in generation:
+                yield Event("piece", piece)
+        except OutOfMemoryError:
+            if n == 1:
+                raise
+            log.warning("out of memory with %d candidates; retrying with one", n)
+            yield Event("info", "Out of memory: drawing one candidate at a time from now on.")
+            self.config = self.config.with_value("candidates", 1)
+            return []
+        self._record_stats(context, generation.stats)
+        recent = self.story.recent_results(RECENT_RESULTS + 1)[:-1]
+        shown = []
+        for raw in generation.candidates:
+            text = cleanup.pipeline(raw.text, recent=recent, player_name=(self.story.player_name or None))
+            if text:
+                shown.append(
+                    Candidate(text=text, seed=seed, sampling=dataclasses.asdict(sampling), score=raw.mean_logprob)
+                )
+        shown.sort(key=lambda c: c.score if c.score is not None else 0.0, reverse=True)
+        return shown
+
+    def _stop_rule(self, text: str) -> int | None:
+        """Stop generating where the model starts a player turn or emits a special token."""
+        cuts = [
+            cleanup.find_player_turn(text, player_name=(self.story.player_name or None)),
+            cleanup.find_special_token(text),
+        ]
+        found = [c for c in cuts if c is not None]
+        return min(found) if found else None
+
+    def _seed(self, attempt: int) -> int:
+        """Same seed and same actions give the same story; otherwise a fresh random seed."""
+        base = self.config.sampling.seed
+        if base is None:
+            return self._rng.randrange(2**31)
+        turn = self.story.last
+        depth = self.story.depth(turn.id) if turn else 0
+        tries = len(turn.candidates) if turn else 0
+        return (base * 1_000_003 + depth * 7919 + tries * 131 + attempt) % 2**31
+
+    def _record_stats(self, context: Context, stats: Any) -> None:
+        self.last = TurnStats(
+            tokens_used=context.tokens,
+            budget=context.budget,
+            tok_s=stats.decode_tok_s,
+            ttft_s=stats.ttft_s,
+            cache_hit=stats.cache_hit,
+        )
+
+    # -- context and settings --------------------------------------------------------------
+
+    def budget(self) -> int:
+        window = self.config.context.context_tokens or self.engine.window
+        window = min(window, self.engine.window)
+        return window - self.config.sampling.max_new_tokens
+
+    def build_context(self) -> Context:
+        if self.budget() < 32:
+            raise StoryError("max_new_tokens leaves no room for the story; lower it or raise context_tokens")
+        context = build(
+            self.story,
+            self.engine.encode,
+            budget=self.budget(),
+            settings=self.config.context,
+            start=self._start,
+        )
+        self._start = context.start
+        return context
+
+    def candidate_count(self) -> int:
+        """Candidates per turn: the setting, or by device (a CPU draws one, a GPU four)."""
+        if self.config.sampling.candidates:
+            return self.config.sampling.candidates
+        return 1 if getattr(self.engine.device, "type", str(self.engine.device)) == "cpu" else 4
+
+    def set_value(self, key: str, value: str) -> str:
+        """Change one setting for this adventure (saved with it); returns the setting's name."""
+        name = normalize_key(key)
+        config = self.config.with_value(name, value)
+        if config.section_of(name) == "app":
+            raise StoryError(f"{name} is chosen when the game starts: use --{name} on the command line")
+        previous, self.config = self.config, config
+        if self.budget() < 32:
+            self.config = previous
+            raise StoryError("that leaves no room for the story in the window; lower max_new_tokens")
+        self._autosave()
+        return name
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def save_data(self) -> saves.SaveData:
+        settings = {k: v for k, v in self.config.to_dict().items() if k != "app"}
+        return saves.SaveData(story=self.story, model=self.model_name, settings=settings)
+
+    def _autosave(self) -> None:
+        if self.autosave:
+            saves.write_save(self.paths.saves_dir, self.save_name, self.save_data())
+
+    def export_path(self, fmt: str, target: str = "") -> Path:
+        """Where an export goes: the path given, or the exports folder beside the saves."""
+        if target:
+            return Path(target).expanduser()
+        return self.paths.ensure(self.paths.data_dir / "exports") / f"{self.save_name}.{fmt}"
+
+    def save_as(self, name: str) -> Path:
+        path = saves.write_save(self.paths.saves_dir, name, self.save_data())
+        self.save_name = saves.sanitize_name(name)
+        return path
+
+    def load(self, name: str) -> list[str]:
+        """Switch to a saved adventure; returns warnings (a backup was used, another model)."""
+        data, warnings = saves.read_save(self.paths.saves_dir, name)
+        self.story = data.story
+        self.config = settings_from_save(self.config, data)
+        self.save_name = saves.sanitize_name(name)
+        self._start = 0
+        if data.model != self.model_name:
+            warnings.append(f"this adventure was played on {data.model}; it continues on {self.model_name}")
+        return warnings
+
+
+def settings_from_save(config: Config, data: saves.SaveData) -> Config:
+    """A save's sampling and context settings, with the running app settings (model, device)."""
+    saved = Config.from_dict({k: v for k, v in data.settings.items() if k in ("sampling", "context")})
+    return dataclasses.replace(saved, app=config.app)
+
+
+def numbered(items: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    return tuple((str(i), item) for i, item in enumerate(items, start=1))
