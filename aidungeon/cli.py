@@ -142,6 +142,7 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
             config = config.with_value("seed", args.seed)
     spec = args.model or (start.save.model if start.save else "") or config.app.model
     loaded = _load_model(config, spec, paths, console)
+    from aidungeon.context import layout_for
     from aidungeon.model.engine import Engine
 
     engine = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
@@ -153,6 +154,7 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         paths=paths,
         save_name=name,
         model_name=spec,
+        layout=layout_for(getattr(loaded.tokenizer, "chat_template", None)),
     )
     for warning in start.warnings:
         renderer.show(Event("info", warning))

@@ -25,6 +25,52 @@ from aidungeon.story import Story, Turn, WorldEntry
 
 Encode = Callable[[str], list[int]]
 
+NARRATOR = (
+    "You are the narrator of a text adventure game. The user's messages are the player's actions. "
+    'Reply with what happens next: two to four vivid sentences in second person ("you"). '
+    "Never decide or speak for the player."
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the parts read to a model: plain text for base models, chat messages for chat models.
+
+    Every piece starts with its own separator, so each part tokenizes on its own and the
+    concatenated ids are exactly what a whole-string tokenization of the window would count.
+    In the chat layout each turn closes the previous message and opens its own, which keeps
+    the window append-only (and the cache valid) from turn to turn.
+    """
+
+    name: str
+    header: str  # always first: empty for plain text, the system message's start for chat
+    line: str  # before a pinned line after the first (memory, constant lore)
+    opening: str  # before the opening
+    action: str  # before a turn's action; "{action}" is replaced
+    lore: str  # before world info hits and the author's note
+
+    def turn(self, action: str, result: str) -> str:
+        """A turn: the player's action then the result; with no action the result runs on."""
+        if not action:
+            return " " + result if result else ""
+        return self.action.replace("{action}", action) + result
+
+
+PLAIN = Layout(name="plain", header="", line="\n", opening="\n", action="\n> {action}\n", lore="\n")
+CHATML = Layout(
+    name="chatml",
+    header=f"<|im_start|>system\n{NARRATOR}",
+    line="\n",
+    opening="<|im_end|>\n<|im_start|>assistant\n",
+    action="<|im_end|>\n<|im_start|>user\n{action}<|im_end|>\n<|im_start|>assistant\n",
+    lore="<|im_end|>\n<|im_start|>system\n",
+)
+
+
+def layout_for(chat_template: str | None) -> Layout:
+    """ChatML chat models (SmolLM2, Qwen) read the story as a conversation; others as plain text."""
+    return CHATML if chat_template and "<|im_start|>" in chat_template else PLAIN
+
 
 @dataclass(frozen=True)
 class Part:
@@ -33,6 +79,7 @@ class Part:
     name: str
     text: str
     ids: tuple[int, ...]
+    opens: bool = True  # starts a new message (or line), so a lore block may precede it
 
     @property
     def tokens(self) -> int:
@@ -56,16 +103,6 @@ class Context:
         return sum(part.tokens for part in self.parts)
 
 
-def turn_text(turn: Turn) -> str:
-    """How a turn reads to the model: a `> action` line, then the result."""
-    head = f"\n> {turn.action}\n" if turn.action else "\n"
-    return head + turn.result
-
-
-def note_text(note: str) -> str:
-    return f"\n[Author's note: {note.strip()}]" if note.strip() else ""
-
-
 def lore_hits(story: Story, turns: Sequence[Turn], scan: int) -> list[WorldEntry]:
     """Non-constant world info whose keys appear in the last `scan` turns (actions included)."""
     recent = "\n".join(f"{t.action}\n{t.result}" for t in turns[-scan:]) if scan else ""
@@ -78,60 +115,78 @@ def build(
     *,
     budget: int,
     settings: ContextSettings,
+    layout: Layout = PLAIN,
     start: int = 0,
 ) -> Context:
     """The window for the story's current branch, within `budget` tokens."""
-    pinned = _pinned_parts(story, encode)
     turns = story.path()
-    segments = _story_segments(story, turns, encode)
-    dynamic = _dynamic_parts(story, turns, encode, settings)
-    used = sum(p.tokens for p in pinned) + sum(p.tokens for p in dynamic)
-    room = budget - used
+    pinned = _pinned_parts(story, encode, layout)
+    segments = _story_segments(story, turns, encode, layout)
+    dynamic = _dynamic_parts(story, turns, encode, settings, layout)
+    room = budget - sum(p.tokens for p in pinned) - sum(p.tokens for p in dynamic)
     if room <= 0:
         raise StoryError(_too_big_message(pinned + dynamic, budget))
     chunk = max(1, int(budget * settings.drop_fraction))
     begin = choose_start([s.tokens for s in segments], room=room, chunk=chunk, hint=start)
     kept = _fit_first(segments[begin:], room)
-    split = max(len(kept) - settings.note_depth, 0)
+    split = _lore_position(kept, settings.note_depth)
     parts = (*pinned, *kept[:split], *dynamic, *kept[split:])
     return Context(parts=parts, budget=budget, start=begin)
 
 
-def _pinned_parts(story: Story, encode: Encode) -> list[Part]:
-    texts = [
+def _part(name: str, text: str, encode: Encode, *, opens: bool = True) -> Part:
+    return Part(name, text, tuple(encode(text)) if text else (), opens)
+
+
+def _pinned_parts(story: Story, encode: Encode, layout: Layout) -> list[Part]:
+    parts = [_part("instructions", layout.header, encode)] if layout.header else []
+    lines = [
         ("memory", "\n".join(m.strip() for m in story.memory if m.strip())),
         ("world info (constant)", "\n".join(e.text.strip() for e in story.world if e.constant and e.text.strip())),
-        ("opening (pinned)", story.opening.strip() if story.pin_opening else ""),
     ]
-    parts: list[Part] = []
-    for name, text in texts:
+    for name, text in lines:
         if text:
-            # Each pinned part begins on its own line, so its tokens never merge with a neighbour.
-            piece = text if not parts else "\n" + text
-            parts.append(Part(name, piece, tuple(encode(piece))))
+            parts.append(_part(name, (layout.line if parts else "") + text, encode))
+    if story.pin_opening and story.opening.strip():
+        parts.append(_part("opening (pinned)", layout.opening + story.opening.strip(), encode))
     return parts
 
 
-def _story_segments(story: Story, turns: Sequence[Turn], encode: Encode) -> list[Part]:
+def _story_segments(story: Story, turns: Sequence[Turn], encode: Encode, layout: Layout) -> list[Part]:
     segments: list[Part] = []
     if not story.pin_opening and story.opening.strip():
-        segments.append(Part("opening", story.opening.strip(), tuple(encode(story.opening.strip()))))
+        segments.append(_part("opening", layout.opening + story.opening.strip(), encode))
     for number, turn in enumerate(turns, start=1):
-        text = turn_text(turn)
-        segments.append(Part(f"turn {number}", text, tuple(encode(text))))
+        segments.append(_part(f"turn {number}", layout.turn(turn.action, turn.result), encode, opens=bool(turn.action)))
     return segments
 
 
-def _dynamic_parts(story: Story, turns: Sequence[Turn], encode: Encode, settings: ContextSettings) -> list[Part]:
-    parts: list[Part] = []
+def _dynamic_parts(
+    story: Story, turns: Sequence[Turn], encode: Encode, settings: ContextSettings, layout: Layout
+) -> list[Part]:
+    """World info hits and the author's note: one block that sits near the end of the window."""
     hits = lore_hits(story, turns, settings.lore_scan_turns)
+    parts: list[Part] = []
     if hits:
-        text = "".join(f"\n{entry.text.strip()}" for entry in hits)
-        parts.append(Part("world info", text, tuple(encode(text))))
-    note = note_text(story.author_note)
-    if note:
-        parts.append(Part("author's note", note, tuple(encode(note))))
+        text = "\n".join(entry.text.strip() for entry in hits)
+        parts.append(_part("world info", layout.lore + text, encode))
+    if story.author_note.strip():
+        note = f"[Author's note: {story.author_note.strip()}]"
+        parts.append(_part("author's note", (layout.line if parts else layout.lore) + note, encode))
     return parts
+
+
+def _lore_position(kept: Sequence[Part], depth: int) -> int:
+    """Where the lore block goes: `depth` segments from the end, at a segment that starts a message.
+
+    In the chat layout a turn without an action runs on inside the previous message, so the
+    block (a message of its own) must come before a turn that opens one.
+    """
+    split = max(len(kept) - depth, 0)
+    for index in [*range(split, -1, -1), *range(split + 1, len(kept))]:
+        if index == len(kept) or kept[index].opens:
+            return index
+    return split
 
 
 def choose_start(sizes: Sequence[int], *, room: int, chunk: int, hint: int) -> int:

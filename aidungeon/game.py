@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aidungeon import cleanup, saves
 from aidungeon.actions import to_action
 from aidungeon.config import Config, Sampling, normalize_key
-from aidungeon.context import Context, build
+from aidungeon.context import PLAIN, Context, Layout, build
 from aidungeon.errors import AIDungeonError, OutOfMemoryError, StoryError
 from aidungeon.paths import Paths
 from aidungeon.story import Candidate, Story
@@ -102,6 +102,7 @@ class Game:
     paths: Paths
     save_name: str
     model_name: str
+    layout: Layout = PLAIN
     autosave: bool = True
     last: TurnStats = field(default_factory=TurnStats)
     _start: int = 0
@@ -261,6 +262,7 @@ class Game:
             self.engine.encode,
             budget=self.budget(),
             settings=self.config.context,
+            layout=self.layout,
             start=self._start,
         )
         self._start = context.start

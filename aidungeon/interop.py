@@ -135,7 +135,9 @@ def _memory(value: Any, game: str) -> tuple[list[str], list[str]]:
         return ([value.strip()] if value.strip() else []), []
     if value is None:
         return [], []
-    return [], [f"{game}: memory {value!r} is a number of remembered turns, not text; it was not imported"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [], [f"{game}: memory {value!r} is a number of remembered turns, not text; it was not imported"]
+    return [], [f"{game}: memory is not text ({type(value).__name__}); it was not imported"]
 
 
 def _build(parts: _Parts) -> Story:

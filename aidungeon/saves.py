@@ -102,7 +102,9 @@ def sanitize_name(name: str) -> str:
     "knight" are one save on every file system), at most 64 characters (180 bytes), and never a name Windows
     reserves ("con" -> "con_"). Raises SaveError when nothing usable is left.
     """
-    text = unicodedata.normalize("NFKC", name.lower())
+    text = name
+    for _ in range(3):  # NFKC can make capitals ("𝛢" -> "Α") and lower() can unnormalise; settle both
+        text = unicodedata.normalize("NFKC", text).lower()
     chars = [c if unicodedata.category(c)[0] in "LNM" or c == "_" else "-" for c in text]
     stem = "-".join(part for part in "".join(chars).split("-") if part)
     stem = stem[:MAX_NAME_CHARS]

@@ -12,6 +12,7 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -54,9 +55,15 @@ class RangeRepetitionPenalty(LogitsProcessor):
         return torch.where(scores < 0, scores * factors, scores / factors)
 
 
-def build_processors(sampling: Sampling) -> LogitsProcessorList:
+# An end token in the first few steps would give an empty result that has to be regenerated.
+MIN_NEW_TOKENS = 4
+
+
+def build_processors(sampling: Sampling, *, prompt_length: int, eos_ids: list[int]) -> LogitsProcessorList:
     """The processors for one generation, in the order KoboldAI and transformers apply them."""
     processors = LogitsProcessorList()
+    if eos_ids:
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, MIN_NEW_TOKENS, eos_ids))
     if sampling.repetition_penalty > 1.0 and sampling.repetition_range > 0:
         processors.append(
             RangeRepetitionPenalty(
