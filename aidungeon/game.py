@@ -295,7 +295,7 @@ class Game:
 
     def _autosave(self) -> None:
         if self.autosave:
-            saves.write_save(self.paths.saves_dir, self.save_name, self.save_data())
+            self._write(self.save_name)
 
     def export_path(self, fmt: str, target: str = "") -> Path:
         """Where an export goes: the path given, or the exports folder beside the saves."""
@@ -304,9 +304,14 @@ class Game:
         return self.paths.ensure(self.paths.data_dir / "exports") / f"{self.save_name}.{fmt}"
 
     def save_as(self, name: str) -> Path:
-        path = saves.write_save(self.paths.saves_dir, name, self.save_data())
+        path = self._write(name)
         self.save_name = saves.sanitize_name(name)
         return path
+
+    def _write(self, name: str) -> Path:
+        # A damaged file under this name is set aside (never overwritten): the story in memory
+        # is the good version, often just restored from the backup.
+        return saves.write_save(self.paths.saves_dir, name, self.save_data(), replace_damaged=True)
 
     def load(self, name: str) -> list[str]:
         """Switch to a saved adventure; returns warnings (a backup was used, another model)."""

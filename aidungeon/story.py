@@ -121,9 +121,13 @@ class Story:
     def add_candidates(self, candidates: list[Candidate], *, choose: int | None = None) -> Turn:
         """Attach results to the last turn and show `choose` (default: the first one added)."""
         turn = self._require_last()
+        if not candidates:
+            raise ValueError("add_candidates needs at least one candidate")
+        if choose is not None and not 0 <= choose < len(candidates):
+            raise ValueError(f"choose={choose} is not one of the {len(candidates)} new candidates")
         first_new = len(turn.candidates)
         turn.candidates.extend(candidates)
-        turn.chosen = first_new if choose is None else first_new + choose
+        turn.chosen = first_new + (choose or 0)
         return turn
 
     def choose(self, index: int) -> Turn:
@@ -209,17 +213,19 @@ class Story:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Story:
-        """Rebuild from `to_dict` output. Raises KeyError/TypeError/ValueError on bad data."""
-        turns = {}
+        """Rebuild from `to_dict` output. Raises KeyError, TypeError, ValueError or AttributeError on bad data."""
+        turns: dict[int, Turn] = {}
         for raw in data["turns"]:
-            candidates = [Candidate(**c) for c in raw.get("candidates", [])]
+            candidates = [_candidate(c) for c in raw.get("candidates", [])]
             turn = Turn(
                 id=int(raw["id"]),
-                parent=raw["parent"],
-                action=str(raw["action"]),
+                parent=None if raw["parent"] is None else int(raw["parent"]),
+                action=_str(raw["action"], "action"),
                 candidates=candidates,
                 chosen=int(raw.get("chosen", 0)),
             )
+            if turn.id in turns:
+                raise ValueError(f"turn {turn.id} appears twice")
             turns[turn.id] = turn
         story = cls(
             opening=str(data["opening"]),
@@ -228,7 +234,7 @@ class Story:
             pin_opening=bool(data.get("pin_opening", False)),
             memory=[str(m) for m in data.get("memory", [])],
             author_note=str(data.get("author_note", "")),
-            world=[WorldEntry(**w) for w in data.get("world", [])],
+            world=[_world_entry(w) for w in data.get("world", [])],
             turns=turns,
             head=data.get("head"),
             redo_stack=[int(i) for i in data.get("redo_stack", [])],
@@ -252,3 +258,27 @@ class Story:
             raise ValueError("the redo list names a missing turn")
         if ids and self.next_id <= max(ids):
             raise ValueError("turn numbering is inconsistent")
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text, not {type(value).__name__}")
+    return value
+
+
+def _candidate(raw: dict[str, Any]) -> Candidate:
+    seed = raw.get("seed")
+    score = raw.get("score")
+    return Candidate(
+        text=_str(raw["text"], "a result"),
+        seed=None if seed is None else int(seed),
+        sampling=dict(raw.get("sampling") or {}),
+        score=None if score is None else float(score),
+    )
+
+
+def _world_entry(raw: dict[str, Any]) -> WorldEntry:
+    keys = raw.get("keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError("world info keys must be a list of texts")
+    return WorldEntry(keys=list(keys), text=_str(raw["text"], "world info text"), constant=bool(raw.get("constant")))
