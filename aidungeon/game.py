@@ -49,7 +49,14 @@ class EngineLike(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def generate(
-        self, prompt_ids: list[int], sampling: Sampling, *, n: int = 1, stop: Any = None, seed: int | None = None
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        *,
+        n: int = 1,
+        stop: Any = None,
+        seed: int | None = None,
+        reuse_cache: bool = True,
     ) -> GenerationLike: ...
 
     def reset(self) -> None: ...
@@ -104,7 +111,11 @@ class Game:
     model_name: str
     layout: Layout = PLAIN
     autosave: bool = True
+    # The benchmark's naive mode turns cache reuse off; a random-weight model turns cleanup off.
+    reuse_cache: bool = True
+    clean: bool = True
     last: TurnStats = field(default_factory=TurnStats)
+    last_generation: Any = None
     _start: int = 0
     _rng: random.Random = field(default_factory=random.SystemRandom)
 
@@ -197,7 +208,10 @@ class Game:
         seed = self._seed(attempt)
         n = self.candidate_count()
         try:
-            generation = self.engine.generate(context.ids, sampling, n=n, stop=self._stop_rule, seed=seed)
+            stop = self._stop_rule if self.clean else None
+            generation = self.engine.generate(
+                context.ids, sampling, n=n, stop=stop, seed=seed, reuse_cache=self.reuse_cache
+            )
             for piece in generation:
                 yield Event("piece", piece)
         except OutOfMemoryError:
@@ -211,7 +225,7 @@ class Game:
         recent = self.story.recent_results(RECENT_RESULTS + 1)[:-1]
         shown = []
         for raw in generation.candidates:
-            text = cleanup.pipeline(raw.text, recent=recent, player_name=(self.story.player_name or None))
+            text = self._clean(raw.text, recent)
             if text:
                 shown.append(
                     Candidate(text=text, seed=seed, sampling=dataclasses.asdict(sampling), score=raw.mean_logprob)
@@ -219,10 +233,15 @@ class Game:
         shown.sort(key=lambda c: c.score if c.score is not None else 0.0, reverse=True)
         return shown
 
+    def _clean(self, text: str, recent: list[str]) -> str:
+        if not self.clean:
+            return text.strip()
+        return cleanup.pipeline(text, recent=recent, player_name=self.story.player_name or None)
+
     def _stop_rule(self, text: str) -> int | None:
         """Stop generating where the model starts a player turn or emits a special token."""
         cuts = [
-            cleanup.find_player_turn(text, player_name=(self.story.player_name or None)),
+            cleanup.find_player_turn(text, player_name=self.story.player_name or None),
             cleanup.find_special_token(text),
         ]
         found = [c for c in cuts if c is not None]
@@ -239,6 +258,7 @@ class Game:
         return (base * 1_000_003 + depth * 7919 + tries * 131 + attempt) % 2**31
 
     def _record_stats(self, context: Context, stats: Any) -> None:
+        self.last_generation = stats
         self.last = TurnStats(
             tokens_used=context.tokens,
             budget=context.budget,

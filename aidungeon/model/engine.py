@@ -241,7 +241,9 @@ class Engine:
         start: float,
     ) -> Iterator[str]:
         n = len(rows)
-        processors = build_processors(sampling, prompt_length=len(prompt_ids), eos_ids=sorted(self.eos_ids))
+        processors = build_processors(
+            sampling, prompt_length=len(prompt_ids), eos_ids=sorted(self.eos_ids), vocab_limit=len(self.tokenizer)
+        )
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         # A preallocated history keeps the repetition penalty's view free of per-step copies.

@@ -59,9 +59,27 @@ class RangeRepetitionPenalty(LogitsProcessor):
 MIN_NEW_TOKENS = 4
 
 
-def build_processors(sampling: Sampling, *, prompt_length: int, eos_ids: list[int]) -> LogitsProcessorList:
+class VocabLimit(LogitsProcessor):
+    """Never sample ids the tokenizer cannot decode (models often pad their vocabulary)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        self.limit = limit
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[-1] > self.limit:
+            scores[:, self.limit :] = -float("inf")
+        return scores
+
+
+def build_processors(
+    sampling: Sampling, *, prompt_length: int, eos_ids: list[int], vocab_limit: int | None = None
+) -> LogitsProcessorList:
     """The processors for one generation, in the order KoboldAI and transformers apply them."""
     processors = LogitsProcessorList()
+    if vocab_limit is not None:
+        processors.append(VocabLimit(vocab_limit))
     if eos_ids:
         processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, MIN_NEW_TOKENS, eos_ids))
     if sampling.repetition_penalty > 1.0 and sampling.repetition_range > 0:
