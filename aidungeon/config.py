@@ -66,7 +66,7 @@ class ContextSettings:
 
     def __post_init__(self) -> None:
         _check(self.context_tokens == 0 or self.context_tokens >= 64, "context_tokens must be 0 (auto) or at least 64")
-        _check(0 <= self.note_depth <= 50, "note_depth must be between 0 and 50")
+        _check(1 <= self.note_depth <= 50, "note_depth must be between 1 and 50")
         _check(0 <= self.lore_scan_turns <= 50, "lore_scan_turns must be between 0 and 50")
         _check(0.0 < self.drop_fraction <= 0.75, "drop_fraction must be above 0 and at most 0.75")
 

@@ -128,7 +128,7 @@ def build(
         raise StoryError(_too_big_message(pinned + dynamic, budget))
     chunk = max(1, int(budget * settings.drop_fraction))
     begin = choose_start([s.tokens for s in segments], room=room, chunk=chunk, hint=start)
-    kept = _fit_first(segments[begin:], room)
+    kept = _fit_first(segments[begin:], room, encode)
     split = _lore_position(kept, settings.note_depth)
     parts = (*pinned, *kept[:split], *dynamic, *kept[split:])
     return Context(parts=parts, budget=budget, start=begin)
@@ -179,8 +179,9 @@ def _dynamic_parts(
 def _lore_position(kept: Sequence[Part], depth: int) -> int:
     """Where the lore block goes: `depth` segments from the end, at a segment that starts a message.
 
-    In the chat layout a turn without an action runs on inside the previous message, so the
-    block (a message of its own) must come before a turn that opens one.
+    It never goes after the newest turn, whose end is where the model continues. In the chat
+    layout a turn without an action runs on inside the previous message, so the block (a
+    message of its own) must come before a turn that opens one.
     """
     split = max(len(kept) - depth, 0)
     for index in [*range(split, -1, -1), *range(split + 1, len(kept))]:
@@ -220,20 +221,35 @@ def _suffix_sums(sizes: Sequence[int]) -> list[int]:
     return sums
 
 
-def _fit_first(segments: Sequence[Part], room: int) -> list[Part]:
-    """Cut the oldest kept segment's head if even the newest segments alone overflow."""
+def _fit_first(segments: Sequence[Part], room: int, encode: Encode) -> list[Part]:
+    """Drop or cut the oldest kept segments until the rest fit in `room` tokens.
+
+    Only a segment too big for the window on its own is cut: its text loses characters from
+    the front (found by bisection) until it fits, and is tokenized again so text and ids agree.
+    """
     kept = list(segments)
-    overflow = sum(s.tokens for s in kept) - room
-    while overflow > 0 and kept:
+    while kept and sum(s.tokens for s in kept) > room:
         first = kept[0]
-        if first.tokens <= overflow and len(kept) > 1:
+        overflow = sum(s.tokens for s in kept) - room
+        if len(kept) > 1 and first.tokens <= overflow:
             kept.pop(0)
-            overflow -= first.tokens
             continue
-        trimmed = first.ids[overflow:]
-        kept[0] = Part(first.name + " (cut)", first.text, trimmed)
+        kept[0] = _cut_head(first, first.tokens - overflow, encode)
         break
     return kept
+
+
+def _cut_head(part: Part, limit: int, encode: Encode) -> Part:
+    """The longest tail of the part's text that encodes to at most `limit` tokens."""
+    low, high = 0, len(part.text)
+    while low < high:
+        middle = (low + high) // 2
+        if len(encode(part.text[middle:])) <= limit:
+            high = middle
+        else:
+            low = middle + 1
+    text = part.text[low:]
+    return Part(part.name + " (cut)", text, tuple(encode(text)) if text else (), part.opens)
 
 
 def _too_big_message(parts: Sequence[Part], budget: int) -> str:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from aidungeon import cleanup, saves
+from aidungeon import cleanup, guard, saves
 from aidungeon.actions import to_action
 from aidungeon.config import Config, Sampling, normalize_key
 from aidungeon.context import PLAIN, Context, Layout, build
 from aidungeon.errors import AIDungeonError, OutOfMemoryError, StoryError
+from aidungeon.guard import Scored
 from aidungeon.paths import Paths
 from aidungeon.story import Candidate, Story
 
@@ -77,7 +78,8 @@ class Event:
     """Something for the player.
 
     kinds: "opening" and "story" (story text), "action" (the action as it entered the story),
-    "piece" (streamed text of a result in progress), "result" (the final text of a turn, which
+    "piece" (streamed text of a result in progress), "restart" (drop the streamed text: the
+    turn is being drawn again), "result" (the final text of a turn, which
     replaces the streamed preview), "info", "error", "text" (a block such as /help or /print),
     "table" (data is a Table), "edit" (the UI should let the player edit `text`, then send
     `data` + the edited text), "quit".
@@ -179,18 +181,32 @@ class Game:
         yield from self._generate_turn(replace_on_failure=False)
 
     def _generate_turn(self, *, replace_on_failure: bool) -> Iterator[Event]:
-        """Generate candidates for the last turn, bounded retries, keep the best, autosave."""
+        """Generate candidates for the last turn, keep the best; bounded retries; autosave.
+
+        An empty batch or one whose best result loops back on recent results is drawn again
+        with livelier sampling, at most MAX_ATTEMPTS times. The player hears of it only when
+        every attempt fails: a loop is then shown with a note, nothing usable is an error.
+        """
         completed = False
+        fallback: tuple[list[Scored], Sampling, int] | None = None
         try:
             for attempt in range(MAX_ATTEMPTS):
-                candidates = yield from self._draw(attempt)
-                if candidates:
-                    self.story.add_candidates(candidates)
-                    self._autosave()
-                    yield Event("result", self.story.last.result if self.story.last else "")
+                if attempt:
+                    yield Event("restart")
+                sampling, seed = self._sampling(attempt), self._seed(attempt)
+                ranked = yield from self._draw(sampling, seed)
+                usable = [s for s in ranked if not s.flags.empty]
+                if usable and not usable[0].flags.loop:
+                    yield from self._keep(usable, sampling, seed)
                     completed = True
                     return
+                if usable and fallback is None:
+                    fallback = (usable, sampling, seed)
             completed = True
+            if fallback is not None:
+                yield from self._keep(*fallback)
+                yield Event("info", "The story keeps repeating itself; try a new action or /retry.")
+                return
             if replace_on_failure:
                 self.story.discard_last()
             yield Event(
@@ -201,37 +217,66 @@ class Game:
                 # Stopped mid-generation (Ctrl-C, an error): the story keeps the action, no result.
                 self._autosave()
 
-    def _draw(self, attempt: int) -> Iterator[Event]:
-        """One batch of candidates: stream the first, clean all, return the usable ones best first."""
-        context = self.build_context()
+    def _keep(self, ranked: list[Scored], sampling: Sampling, seed: int) -> Iterator[Event]:
+        """Store the candidates best first (the rest serve /retry), autosave, show the best."""
+        used = dataclasses.asdict(sampling)
+        self.story.add_candidates(
+            [Candidate(text=s.text, seed=seed, sampling=used, score=round(s.score, 4)) for s in ranked]
+        )
+        self._autosave()
+        yield Event("result", ranked[0].text)
+
+    def _sampling(self, attempt: int) -> Sampling:
+        """The player's sampling, made livelier on each automatic retry after a loop."""
         sampling = self.config.sampling
-        seed = self._seed(attempt)
+        if attempt == 0:
+            return sampling
+        temperature, penalty = guard.loop_retry_sampling(sampling.temperature, sampling.repetition_penalty, attempt)
+        return dataclasses.replace(sampling, temperature=temperature, repetition_penalty=penalty)
+
+    def _draw(self, sampling: Sampling, seed: int) -> Iterator[Event]:
+        """One batch of candidates: stream the first, then clean and rank them all (best first)."""
+        context = self.build_context()
         n = self.candidate_count()
         try:
-            stop = self._stop_rule if self.clean else None
             generation = self.engine.generate(
-                context.ids, sampling, n=n, stop=stop, seed=seed, reuse_cache=self.reuse_cache
+                context.ids,
+                sampling,
+                n=n,
+                stop=self._stop_rule if self.clean else None,
+                seed=seed,
+                reuse_cache=self.reuse_cache,
             )
             for piece in generation:
                 yield Event("piece", piece)
         except OutOfMemoryError:
-            if n == 1:
-                raise
-            log.warning("out of memory with %d candidates; retrying with one", n)
-            yield Event("info", "Out of memory: drawing one candidate at a time from now on.")
-            self.config = self.config.with_value("candidates", 1)
+            yield from self._shrink_after_oom(n)
             return []
         self._record_stats(context, generation.stats)
-        recent = self.story.recent_results(RECENT_RESULTS + 1)[:-1]
-        shown = []
-        for raw in generation.candidates:
-            text = self._clean(raw.text, recent)
-            if text:
-                shown.append(
-                    Candidate(text=text, seed=seed, sampling=dataclasses.asdict(sampling), score=raw.mean_logprob)
-                )
-        shown.sort(key=lambda c: c.score if c.score is not None else 0.0, reverse=True)
-        return shown
+        recent = self.recent_results()
+        player = self.story.player_name or None
+        drafts = [(raw.text, self._clean(raw.text, recent), raw.mean_logprob) for raw in generation.candidates]
+        return guard.rank(drafts, recent=recent, player_name=player)
+
+    def _shrink_after_oom(self, n: int) -> Iterator[Event]:
+        """Out of memory: draw fewer candidates, then use a smaller window; else give up clearly."""
+        if n > 1:
+            self.config = self.config.with_value("candidates", 1)
+            yield Event("info", "Out of memory: drawing one candidate per turn from now on.")
+            return
+        window = self.budget() + self.config.sampling.max_new_tokens
+        if window >= 512:
+            self.config = self.config.with_value("context_tokens", window // 2)
+            yield Event("info", f"Out of memory: the story window is now {window // 2} tokens.")
+            return
+        raise OutOfMemoryError(
+            "out of memory even with a small window; your story is saved. "
+            "Restart with --device cpu or a smaller model (aidungeon models)"
+        )
+
+    def recent_results(self) -> list[str]:
+        """Results of the turns before the current one, for repeat and loop checks."""
+        return [t.result for t in self.story.path()[:-1] if t.result][-RECENT_RESULTS:]
 
     def _clean(self, text: str, recent: list[str]) -> str:
         if not self.clean:

@@ -78,6 +78,9 @@ class Renderer:
         self._preview.append(event.text)
         self._live.update(self._preview)
 
+    def _restart(self, event: Event) -> None:
+        self.stop_stream()
+
     def _result(self, event: Event) -> None:
         self.stop_stream()
         if event.data == "retry":

@@ -1,0 +1,197 @@
+"""Sampling steps: the range-and-slope repetition penalty on hand-made logits, and the processor list."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import (
+    MinNewTokensLengthLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from aidungeon.config import Sampling
+from aidungeon.model.sampling import MIN_NEW_TOKENS, RangeRepetitionPenalty, build_processors, sample_next
+
+VOCAB = 8
+
+
+def ids(*rows: list[int]) -> torch.Tensor:
+    return torch.tensor(list(rows), dtype=torch.long)
+
+
+def flat(value: float, rows: int = 1) -> torch.Tensor:
+    return torch.full((rows, VOCAB), value)
+
+
+def factors(processor: RangeRepetitionPenalty, input_ids: torch.Tensor) -> list[list[float]]:
+    """The divisor each token gets (positive logits of 1.0 come back as 1/factor)."""
+    out = processor(input_ids, flat(1.0, input_ids.shape[0]))
+    return [[round(1.0 / v, 6) for v in row] for row in out.tolist()]
+
+
+def test_positive_logits_are_divided_and_negative_multiplied() -> None:
+    scores = torch.tensor([[4.0, -1.0, 0.0, 3.0, -2.0, 1.0, 5.0, -6.0]])
+    before = scores.clone()
+    out = RangeRepetitionPenalty(2.0, window=8)(ids([0, 1, 2]), scores)
+    assert out.tolist() == [[2.0, -2.0, 0.0, 3.0, -2.0, 1.0, 5.0, -6.0]]
+    assert torch.equal(scores, before), "the input scores are not changed in place"
+
+
+def test_tokens_outside_the_range_are_untouched() -> None:
+    out = RangeRepetitionPenalty(2.0, window=2)(ids([5, 6, 1, 2]), flat(4.0))
+    assert out.tolist() == [[4.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]]
+
+
+def test_flat_slope_penalises_the_whole_range_equally() -> None:
+    assert factors(RangeRepetitionPenalty(2.0, window=4, slope=0.0), ids([1, 2, 3, 4])) == [
+        [1.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("slope", "expected"),
+    [
+        # w(d) = 1 - slope * d / window; token 4 is newest (d=0), token 1 oldest (d=3)
+        (1.0, [1.0, 1.25, 1.5, 1.75, 2.0, 1.0, 1.0, 1.0]),
+        (0.5, [1.0, 1.625, 1.75, 1.875, 2.0, 1.0, 1.0, 1.0]),
+        (0.0, [1.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_slope_fades_the_penalty_with_distance(slope, expected) -> None:
+    assert factors(RangeRepetitionPenalty(2.0, window=4, slope=slope), ids([1, 2, 3, 4])) == [expected]
+
+
+def test_slope_is_relative_to_the_window_not_to_the_history() -> None:
+    # two tokens seen, window 10: the older one is at d=1 -> w = 1 - 1/10
+    assert factors(RangeRepetitionPenalty(3.0, window=10, slope=1.0), ids([6, 7])) == [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.8, 3.0]
+    ]
+
+
+def test_exact_values_with_slope() -> None:
+    scores = torch.tensor([[3.0, 3.0, -3.0, 3.0, 3.0, 0.5, 0.0, 0.0]])
+    out = RangeRepetitionPenalty(2.0, window=4, slope=1.0)(ids([1, 2, 3, 4]), scores)
+    expected = [3.0, 3.0 / 1.25, -3.0 * 1.5, 3.0 / 1.75, 1.5, 0.5, 0.0, 0.0]
+    assert out[0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_repeated_token_gets_its_most_recent_penalty() -> None:
+    # token 3 at d=3 (1.25) and d=1 (1.75): the stronger, more recent one wins
+    assert factors(RangeRepetitionPenalty(2.0, window=4, slope=1.0), ids([3, 1, 3, 2])) == [
+        [1.0, 1.5, 2.0, 1.75, 1.0, 1.0, 1.0, 1.0]
+    ]
+
+
+def test_batch_rows_are_independent() -> None:
+    got = factors(RangeRepetitionPenalty(2.0, window=3, slope=1.0), ids([1, 2, 3], [5, 5, 5], [0, 7, 0]))
+    assert got == [
+        [1.0, 1.333333, 1.666667, 2.0, 1.0, 1.0, 1.0, 1.0],
+        [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0],
+        [2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.666667],
+    ]
+
+
+def test_no_penalty_cases_return_scores_unchanged() -> None:
+    scores = torch.tensor([[1.0, -1.0, 2.0, 0.0, 3.0, 4.0, 5.0, 6.0]])
+    assert torch.equal(RangeRepetitionPenalty(1.0, window=4)(ids([0, 1]), scores), scores)
+    assert torch.equal(RangeRepetitionPenalty(2.0, window=0)(ids([0, 1]), scores), scores)
+    empty = torch.empty((1, 0), dtype=torch.long)
+    assert torch.equal(RangeRepetitionPenalty(2.0, window=4)(empty, scores), scores)
+
+
+def test_minus_infinity_stays_minus_infinity() -> None:
+    scores = flat(1.0)
+    scores[0, 2] = -math.inf
+    out = RangeRepetitionPenalty(2.0, window=4)(ids([2, 3]), scores)
+    assert out[0, 2].item() == -math.inf
+    assert out[0, 3].item() == 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"penalty": 0.9, "window": 4}, "penalty must be at least 1, got 0.9"),
+        ({"penalty": 1.2, "window": -1}, "window must be 0 or more, got -1"),
+        ({"penalty": 1.2, "window": 4, "slope": 1.5}, "slope must be between 0 and 1, got 1.5"),
+        ({"penalty": 1.2, "window": 4, "slope": -0.1}, "slope must be between 0 and 1, got -0.1"),
+    ],
+)
+def test_validation(kwargs, message) -> None:
+    penalty = kwargs.pop("penalty")
+    with pytest.raises(ValueError) as info:
+        RangeRepetitionPenalty(penalty, **kwargs)
+    assert str(info.value) == message
+
+
+# -- the processor list ------------------------------------------------------------------------
+
+
+def kinds(processors) -> list[type]:
+    return [type(p) for p in processors]
+
+
+def test_greedy_has_no_warpers() -> None:
+    sampling = Sampling(temperature=0.0, repetition_penalty=1.15, repetition_range=512, repetition_slope=0.7)
+    processors = build_processors(sampling, prompt_length=10, eos_ids=[7, 3])
+    assert kinds(processors) == [MinNewTokensLengthLogitsProcessor, RangeRepetitionPenalty]
+    min_new, penalty = processors
+    assert min_new.prompt_length_to_skip == 10
+    assert min_new.min_new_tokens == MIN_NEW_TOKENS == 4
+    assert min_new.eos_token_id.tolist() == [7, 3]
+    assert (penalty.penalty, penalty.window, penalty.slope) == (1.15, 512, 0.7)
+
+
+def test_sampling_adds_temperature_top_k_top_p_in_order() -> None:
+    sampling = Sampling(temperature=0.8, top_k=40, top_p=0.9)
+    processors = build_processors(sampling, prompt_length=3, eos_ids=[0])
+    assert kinds(processors) == [
+        MinNewTokensLengthLogitsProcessor,
+        RangeRepetitionPenalty,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    ]
+    assert processors[2].temperature == 0.8
+    assert processors[3].top_k == 40
+    assert processors[4].top_p == 0.9
+
+
+@pytest.mark.parametrize(
+    ("sampling", "expected"),
+    [
+        (Sampling(top_k=0, top_p=1.0), [MinNewTokensLengthLogitsProcessor, RangeRepetitionPenalty, TemperatureLogitsWarper]),
+        (Sampling(repetition_penalty=1.0), [MinNewTokensLengthLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper]),
+        (Sampling(repetition_range=0, temperature=0), [MinNewTokensLengthLogitsProcessor]),
+    ],
+)
+def test_steps_that_do_nothing_are_left_out(sampling, expected) -> None:
+    assert kinds(build_processors(sampling, prompt_length=3, eos_ids=[0])) == expected
+
+
+def test_no_eos_means_no_min_new_tokens_step() -> None:
+    assert kinds(build_processors(Sampling(temperature=0), prompt_length=3, eos_ids=[])) == [RangeRepetitionPenalty]
+
+
+def test_eos_is_suppressed_for_the_first_new_tokens() -> None:
+    processors = build_processors(Sampling(temperature=0, repetition_penalty=1.0), prompt_length=3, eos_ids=[2])
+    for generated in range(6):
+        history = torch.zeros((1, 3 + generated), dtype=torch.long)
+        out = processors(history, flat(1.0))
+        assert (out[0, 2].item() == -math.inf) == (generated < MIN_NEW_TOKENS), generated
+        assert out[0, 1].item() == 1.0
+
+
+def test_sample_next() -> None:
+    scores = torch.tensor([[0.0, 5.0, 1.0], [3.0, -1.0, 2.0]])
+    assert sample_next(scores, greedy=True, generator=None).tolist() == [1, 0]
+    only = torch.tensor([[-math.inf, -math.inf, 0.0], [0.0, -math.inf, -math.inf]])
+    generator = torch.Generator().manual_seed(0)
+    assert sample_next(only, greedy=False, generator=generator).tolist() == [2, 0]
+    uniform = torch.zeros((4, 50))
+    first = sample_next(uniform, greedy=False, generator=torch.Generator().manual_seed(5)).tolist()
+    again = sample_next(uniform, greedy=False, generator=torch.Generator().manual_seed(5)).tolist()
+    assert first == again
