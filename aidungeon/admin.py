@@ -85,7 +85,8 @@ def manage_saves(paths: Paths, console: Any, action: str, name: str | None, *, y
         return 0
     table = Table(title="Saves")
     for column in ("name", "last played", "turns", "model", "title"):
-        table.add_column(column)
+        # Never cut short with an ellipsis: the player types the name back to load it.
+        table.add_column(column, overflow="fold", no_wrap=column == "name")
     for info in infos:
         table.add_row(info.name, info.saved_at.strftime("%Y-%m-%d %H:%M"), str(info.turns), info.model, info.title)
     console.print(table)

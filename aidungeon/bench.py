@@ -45,6 +45,9 @@ OPENING = (
 )
 
 
+WARMUP_TURNS = 3
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", nargs="?", choices=["speed", "coherence"], default="speed", help="what to measure")
     source = parser.add_mutually_exclusive_group()
@@ -97,6 +100,8 @@ def speed_bench(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
         .with_value("candidates", 1)
     )
     raw = args.random_gpt2 is not None
+    # Untimed turns first: kernel selection, allocator growth and GPU clocks settle in them.
+    play_session(loaded, config, WARMUP_TURNS, reuse_cache=True, raw=raw)
     normal = play_session(loaded, config, turns, reuse_cache=True, raw=raw)
     naive = play_session(loaded, config, turns, reuse_cache=False, raw=raw)
     bandwidth = read_bandwidth(loaded.device)

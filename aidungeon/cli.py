@@ -132,7 +132,12 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         raise ConfigError("--character and --name go with --setting")
     config = session_config(args, paths)
     renderer = Renderer(console)
-    terminal = Terminal(renderer, history=paths.history_file, interactive=sys.stdin.isatty() and console.is_terminal)
+    terminal = Terminal(
+        renderer,
+        history=paths.history_file,
+        interactive=sys.stdin.isatty() and console.is_terminal,
+        no_color=args.no_color,
+    )
     start = choose_start(args, paths, terminal)
     if start.save is not None:
         from aidungeon.game import settings_from_save
@@ -141,6 +146,7 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         if args.seed is not None:
             config = config.with_value("seed", args.seed)
     spec = args.model or (start.save.model if start.save else "") or config.app.model
+    spec = _absolute_if_local(spec)
     loaded = _load_model(config, spec, paths, console)
     from aidungeon.context import layout_for
     from aidungeon.model.engine import Engine
@@ -160,6 +166,16 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         renderer.show(Event("info", warning))
     logging.getLogger(__name__).info("ready in %.2f s", time.perf_counter() - PROCESS_START)
     return play(game, terminal)
+
+
+def _absolute_if_local(spec: str) -> str:
+    """A model folder or file given by a relative path is kept absolute, so the save's `--load` works anywhere."""
+    from aidungeon.model.loader import PRESETS
+
+    path = Path(spec).expanduser()
+    if spec.strip().lower() in PRESETS or not path.exists():
+        return spec
+    return str(path.resolve())
 
 
 def _load_model(config: Config, spec: str, paths: Paths, console: Any) -> Any:

@@ -24,7 +24,7 @@ from aidungeon.context import (
     layout_for,
     lore_hits,
 )
-from aidungeon.errors import StoryError
+from aidungeon.errors import ConfigError, StoryError
 from aidungeon.story import Candidate, Story, WorldEntry
 
 
@@ -41,9 +41,7 @@ def make_story(
     note: str = "",
     pin_opening: bool = False,
 ) -> Story:
-    story = Story(
-        opening=opening, memory=list(memory), world=list(world), author_note=note, pin_opening=pin_opening
-    )
+    story = Story(opening=opening, memory=list(memory), world=list(world), author_note=note, pin_opening=pin_opening)
     for action, result in turns:
         story.append(action)
         if result:
@@ -124,7 +122,13 @@ def test_pinned_opening_is_named_and_kept_with_the_pinned_parts() -> None:
     ("layout", "expected"),
     [
         (PLAIN, [("world info (constant)", "The realm is at war."), ("opening", "\nHi.")]),
-        (CHATML, [("world info (constant)", "\nThe realm is at war."), ("opening", "<|im_end|>\n<|im_start|>assistant\nHi.")]),
+        (
+            CHATML,
+            [
+                ("world info (constant)", "\nThe realm is at war."),
+                ("opening", "<|im_end|>\n<|im_start|>assistant\nHi."),
+            ],
+        ),
     ],
 )
 def test_constant_lore_without_memory(layout, expected) -> None:
@@ -211,7 +215,6 @@ FIVE = [("a1", "r1."), ("a2", "r2."), ("a3", "r3."), ("a4", "r4."), ("a5", "")]
 @pytest.mark.parametrize(
     ("turns", "depth", "expected"),
     [
-        (FIVE, 0, ["turn 1", "turn 2", "turn 3", "turn 4", "turn 5", "N"]),
         (FIVE, 1, ["turn 1", "turn 2", "turn 3", "turn 4", "N", "turn 5"]),
         (FIVE, 3, ["turn 1", "turn 2", "N", "turn 3", "turn 4", "turn 5"]),
         (FIVE, 5, ["N", "turn 1", "turn 2", "turn 3", "turn 4", "turn 5"]),
@@ -229,16 +232,17 @@ def test_note_depth_places_the_lore_block(turns, depth, expected) -> None:
     assert [("N" if p.name == "author's note" else p.name) for p in ctx.parts] == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: note_depth=0 in the ChatML layout puts the lore block after the assistant opener, "
-    "so the model is asked to continue a system message instead of replying as the assistant",
-)
 def test_chatml_window_always_ends_opening_the_assistant_reply() -> None:
     story = make_story(FIVE, note="n", opening="Hi.")
-    for depth in range(4):
+    for depth in range(1, 8):
         ctx = build(story, enc, budget=1000, settings=ContextSettings(note_depth=depth), layout=CHATML)
         assert "".join(texts(ctx)).endswith("a5<|im_end|>\n<|im_start|>assistant\n"), depth
+
+
+def test_note_depth_zero_is_refused() -> None:
+    # at depth 0 the block would follow the newest turn, where the model continues
+    with pytest.raises(ConfigError, match="note_depth must be between 1 and 50"):
+        ContextSettings(note_depth=0)
 
 
 # -- budgets, dropping, chunks -----------------------------------------------------------------
@@ -331,13 +335,18 @@ def test_pinned_parts_too_big_names_them_biggest_first() -> None:
 
 def test_fit_first_cuts_the_head_of_an_oversize_segment() -> None:
     parts = [Part("turn 1", "abcde", tuple(enc("abcde"))), Part("turn 2", "0123456789", tuple(enc("0123456789")))]
-    assert _fit_first(parts, 15) == parts
-    assert _fit_first(parts, 100) == parts
-    cut = _fit_first(parts, 8)  # turn 1 (5) goes, then 2 tokens of turn 2
-    assert [(p.name, p.ids) for p in cut] == [("turn 2 (cut)", tuple(enc("23456789")))]
-    cut = _fit_first(parts[:1], 2)
-    assert [(p.name, p.ids) for p in cut] == [("turn 1 (cut)", tuple(enc("de")))]
-    assert _fit_first([], 5) == []
+    assert _fit_first(parts, 15, enc) == parts
+    assert _fit_first(parts, 100, enc) == parts
+    cut = _fit_first(parts, 8, enc)  # turn 1 (5) goes, then 2 tokens of turn 2
+    assert [(p.name, p.text, p.ids) for p in cut] == [("turn 2 (cut)", "23456789", tuple(enc("23456789")))]
+    cut = _fit_first(parts[:1], 2, enc)
+    assert [(p.name, p.text, p.ids) for p in cut] == [("turn 1 (cut)", "de", tuple(enc("de")))]
+    assert _fit_first([], 5, enc) == []
+
+
+def test_fit_first_keeps_whether_the_cut_segment_opens() -> None:
+    runs_on = Part("turn 2", " and more", tuple(enc(" and more")), opens=False)
+    assert _fit_first([runs_on], 4, enc) == [Part("turn 2 (cut)", "more", tuple(enc("more")), opens=False)]
 
 
 def single_oversize_action_context():
@@ -354,14 +363,27 @@ def test_oversize_current_action_keeps_its_tail() -> None:
     assert ctx.tokens == 64
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _fit_first keeps the whole text on a cut part, so /context shows text the model does not see",
-)
 def test_cut_part_text_matches_its_ids() -> None:
     ctx = single_oversize_action_context()
     part = ctx.parts[0]
+    assert part.text == ("\n> " + "x" * 100 + "\n")[-64:]
     assert enc(part.text) == list(part.ids)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: choose_start may keep a turn without an action as the first story segment; in the ChatML "
+    "layout its text then runs on inside the system message (no assistant message opens before it)",
+)
+def test_chatml_window_never_starts_the_story_inside_the_system_message() -> None:
+    turns = []
+    for i in range(1, 11):
+        turns += [numbered_turn(i), ("", f"More {i:02d}.")]  # a "continue" turn after each action
+    story = make_story([*turns, ("look", "")])
+    for budget in range(400, 1000, 10):
+        ctx = build(story, enc, budget=budget, settings=CS, layout=CHATML)
+        first = next(p for p in ctx.parts if p.name.startswith(("turn", "opening")))
+        assert first.text.startswith("<|im_end|>\n<|im_start|>"), (budget, first.name, first.text)
 
 
 @pytest.mark.parametrize(
@@ -389,9 +411,7 @@ def stories(draw):
     if turns:
         turns[-1] = (turns[-1][0], draw(st.sampled_from(["", turns[-1][1]])))
     world = draw(
-        st.lists(
-            st.builds(WorldEntry, keys=st.lists(WORDS, max_size=2), text=TEXT, constant=st.booleans()), max_size=3
-        )
+        st.lists(st.builds(WorldEntry, keys=st.lists(WORDS, max_size=2), text=TEXT, constant=st.booleans()), max_size=3)
     )
     return make_story(
         turns,
@@ -412,7 +432,7 @@ def is_story_part(name: str) -> bool:
     story=stories(),
     budget=st.integers(1, 400),
     layout=st.sampled_from([PLAIN, CHATML]),
-    depth=st.integers(0, 6),
+    depth=st.integers(1, 6),
     scan=st.integers(0, 6),
     drop=st.sampled_from([0.05, 0.25, 0.5, 0.75]),
     hint=st.integers(0, 20),
@@ -429,6 +449,7 @@ def test_budget_is_never_exceeded(story, budget, layout, depth, scan, drop, hint
     ctx = build(story, enc, budget=budget, settings=cs, layout=layout, start=hint)
     assert ctx.tokens <= budget
     assert ctx.tokens == len(ctx.ids)
+    assert all(enc(p.text) == list(p.ids) for p in ctx.parts), "every part's text is what its ids say"
     # the same fixed parts, and a contiguous run of the newest story segments
     assert [p.name for p in ctx.parts if not is_story_part(p.name)] == [
         p.name for p in whole.parts if not is_story_part(p.name)

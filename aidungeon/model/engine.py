@@ -12,6 +12,7 @@ token ids so that a server can later batch several players' prompts the same way
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -125,9 +126,12 @@ class Engine:
         self.window = window
         self.device = next(model.parameters()).device
         self.eos_ids = self._eos_ids()
+        # transformers 5.24 renamed `past_key_values=` to `cache=`; older 5.x know only the first.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._cache: DynamicCache | None = None
         # Token ids of each row of the cache, so the next prompt can find its longest prefix.
         self._cached_rows: list[list[int]] = []
+        self._owner: Generation | None = None
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
@@ -182,20 +186,29 @@ class Engine:
         stats.prompt_tokens = len(prompt_ids)
         start = time.perf_counter()
         rows = [_Row() for _ in range(n)]
+        # The engine has one cache: the newest generation owns it, and an older one left
+        # unfinished must neither use it nor, when it is closed, throw it away.
+        self._owner = generation
         try:
             with torch.inference_mode():
                 logits = self._prefill(prompt_ids, n, reuse_cache, stats)
-                yield from self._decode(logits, prompt_ids, rows, sampling, stop, seed, stats, start)
+            yield from self._decode(generation, logits, prompt_ids, rows, sampling, stop, seed, stats, start)
         except torch.OutOfMemoryError as err:
-            self.reset()
+            self._release(generation)
             raise OutOfMemoryError(f"the {self.device.type} ran out of memory while generating") from err
         except BaseException:
             # Stopped mid-step (Ctrl-C, an error): the cache may be half-updated, so drop it.
-            self.reset()
+            self._release(generation)
             raise
         finally:
             stats.total_s = time.perf_counter() - start
         generation.candidates = [row.candidate() for row in rows]
+
+    def _release(self, generation: Generation) -> None:
+        if self._owner is generation:
+            self.reset()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def _prefill(self, prompt_ids: list[int], n: int, reuse_cache: bool, stats: GenerationStats) -> torch.Tensor:
         """Run the part of the prompt the cache does not hold; return the last position's logits."""
@@ -210,7 +223,7 @@ class Engine:
             self._cache.crop(-surplus)
         stats.reused_tokens = reused
         new = torch.tensor([prompt_ids[reused:]], device=self.device)
-        out = self.model(input_ids=new, cache=self._cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=new, use_cache=True, logits_to_keep=1, **{self._cache_arg: self._cache})
         logits = out.logits[:, -1, :].float()
         if n > 1:
             self._cache.batch_repeat_interleave(n)
@@ -231,6 +244,7 @@ class Engine:
 
     def _decode(
         self,
+        generation: Generation,
         logits: torch.Tensor,
         prompt_ids: list[int],
         rows: list[_Row],
@@ -242,22 +256,30 @@ class Engine:
     ) -> Iterator[str]:
         n = len(rows)
         processors = build_processors(
-            sampling, prompt_length=len(prompt_ids), eos_ids=sorted(self.eos_ids), vocab_limit=len(self.tokenizer)
+            sampling,
+            prompt_length=len(prompt_ids),
+            eos_ids=sorted(self.eos_ids),
+            vocab_limit=len(self.tokenizer),
+            device=self.device,
         )
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
-        # A preallocated history keeps the repetition penalty's view free of per-step copies.
-        history = torch.empty((n, len(prompt_ids) + sampling.max_new_tokens), dtype=torch.long, device=self.device)
-        history[:, : len(prompt_ids)] = torch.tensor(prompt_ids, device=self.device)
+        with torch.inference_mode():
+            # A preallocated history keeps the repetition penalty's view free of per-step copies.
+            history = torch.empty((n, len(prompt_ids) + sampling.max_new_tokens), dtype=torch.long, device=self.device)
+            history[:, : len(prompt_ids)] = torch.tensor(prompt_ids, device=self.device)
         length = len(prompt_ids)
         decode_start = 0.0
         for step in range(sampling.max_new_tokens):
-            raw = torch.log_softmax(logits, dim=-1)
-            scores = processors(history[:, :length], logits.clone())
-            tokens = sample_next(scores, greedy=sampling.temperature == 0, generator=generator)
-            chosen_logprobs = raw.gather(1, tokens[:, None]).squeeze(1).tolist()
-            token_list = tokens.tolist()
-            history[:, length] = tokens
+            # Inference mode covers the tensor work only, never a yield: the caller's code
+            # between streamed pieces must run with autograd as it expects.
+            with torch.inference_mode():
+                raw = torch.log_softmax(logits, dim=-1)
+                scores = processors(history[:, :length], logits.clone())
+                tokens = sample_next(scores, greedy=sampling.temperature == 0, generator=generator)
+                chosen_logprobs = raw.gather(1, tokens[:, None]).squeeze(1).tolist()
+                token_list = tokens.tolist()
+                history[:, length] = tokens
             length += 1
             if step == 0:
                 stats.ttft_s = time.perf_counter() - start
@@ -271,10 +293,13 @@ class Engine:
                 yield piece
             if all(row.done for row in rows) or step == sampling.max_new_tokens - 1:
                 break
+            if self._owner is not generation:
+                raise RuntimeError("a newer generation took over the engine's cache")
             for cached, token in zip(self._cached_rows, token_list, strict=True):
                 cached.append(token)
-            out = self.model(input_ids=tokens[:, None], cache=self._cache, use_cache=True)
-            logits = out.logits[:, -1, :].float()
+            with torch.inference_mode():
+                out = self.model(input_ids=tokens[:, None], use_cache=True, **{self._cache_arg: self._cache})
+                logits = out.logits[:, -1, :].float()
         stats.decode_s = time.perf_counter() - decode_start if decode_start else 0.0
         for row in rows:
             if not row.done:

@@ -74,14 +74,19 @@ class VocabLimit(LogitsProcessor):
 
 
 def build_processors(
-    sampling: Sampling, *, prompt_length: int, eos_ids: list[int], vocab_limit: int | None = None
+    sampling: Sampling,
+    *,
+    prompt_length: int,
+    eos_ids: list[int],
+    vocab_limit: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> LogitsProcessorList:
     """The processors for one generation, in the order KoboldAI and transformers apply them."""
     processors = LogitsProcessorList()
     if vocab_limit is not None:
         processors.append(VocabLimit(vocab_limit))
     if eos_ids:
-        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, MIN_NEW_TOKENS, eos_ids))
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, MIN_NEW_TOKENS, eos_ids, device=device))
     if sampling.repetition_penalty > 1.0 and sampling.repetition_range > 0:
         processors.append(
             RangeRepetitionPenalty(

@@ -34,7 +34,10 @@ STYLES = {
 def make_console(*, no_color: bool = False, file: IO[str] | None = None) -> Console:
     """A console that honours --no-color and NO_COLOR, and is plain when not on a terminal."""
     no_color = no_color or bool(os.environ.get("NO_COLOR"))
-    return Console(file=file, no_color=no_color, highlight=False, emoji=False, soft_wrap=False)
+    console = Console(file=file, no_color=no_color, highlight=False, emoji=False, soft_wrap=False)
+    # Text wraps to a terminal's width; a pipe or a file has none, so lines stay whole there.
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 class Renderer:
@@ -79,6 +82,10 @@ class Renderer:
         self._live.update(self._preview)
 
     def _restart(self, event: Event) -> None:
+        self.stop_stream()
+
+    def _restart(self, event: Event) -> None:
+        """The turn is drawn again: drop what was streamed so far."""
         self.stop_stream()
 
     def _result(self, event: Event) -> None:

@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import NestedCompleter
+from prompt_toolkit.completion import Completer, NestedCompleter, WordCompleter
+from prompt_toolkit.filters import is_multiline
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.output import ColorDepth
 from rich.markup import escape
 
 from aidungeon.commands import REGISTRY
@@ -39,7 +41,9 @@ def _completer() -> NestedCompleter:
 def _bindings() -> KeyBindings:
     bindings = KeyBindings()
 
-    @bindings.add("escape", "enter")
+    # Only on a one-line prompt: in a multi-line prompt (the opening) Alt-Enter must keep
+    # prompt_toolkit's meaning, "finish", or the player could never end the text.
+    @bindings.add("escape", "enter", filter=~is_multiline)
     def _newline(event: object) -> None:  # Alt-Enter (Esc then Enter) adds a line
         event.current_buffer.insert_text("\n")  # type: ignore[attr-defined]
 
@@ -49,36 +53,46 @@ def _bindings() -> KeyBindings:
 class Terminal:
     """Reads player input: prompt_toolkit on a terminal, plain lines otherwise."""
 
-    def __init__(self, renderer: Renderer, *, history: Path | None, interactive: bool) -> None:
+    def __init__(self, renderer: Renderer, *, history: Path | None, interactive: bool, no_color: bool = False) -> None:
         self.renderer = renderer
         self.interactive = interactive
         self.status = ""
         self._session: PromptSession[str] | None = None
+        self._completer = _completer()
         if interactive:
             if history is not None:
                 history.parent.mkdir(parents=True, exist_ok=True)
             self._session = PromptSession(
                 history=FileHistory(str(history)) if history is not None else None,
-                completer=_completer(),
+                completer=self._completer,
                 complete_while_typing=False,
                 key_bindings=_bindings(),
                 bottom_toolbar=lambda: self.status,
+                # --no-color reaches prompt_toolkit here; it reads NO_COLOR itself.
+                color_depth=ColorDepth.DEPTH_1_BIT if no_color else None,
             )
 
-    def ask(self, prompt: str, *, default: str = "") -> str:
+    def ask(self, prompt: str, *, default: str = "", completer: Completer | None = None) -> str:
         """One line (Alt-Enter for more); EOFError on Ctrl-D or end of input."""
         if self._session is not None:
-            return self._session.prompt(prompt, default=default)
-        self.renderer.console.print(prompt, end="")
+            # prompt() keeps what it is given for later calls, so pass every per-prompt option.
+            return self._session.prompt(
+                prompt, default=default, multiline=False, completer=completer or self._completer
+            )
+        self.renderer.console.print(prompt, end="", markup=False, highlight=False)
         line = sys.stdin.readline()
         if not line:
             raise EOFError
-        return line.rstrip("\n")
+        line = line.rstrip("\n")
+        if not sys.stdin.isatty():
+            # Piped input is not echoed by a terminal: echo it, so the transcript reads as played.
+            self.renderer.console.print(line, markup=False, highlight=False)
+        return line
 
     def ask_multiline(self, prompt: str) -> str:
         """Several lines: on a terminal, Esc-Enter (Alt-Enter) finishes; piped, an empty line does."""
         if self._session is not None:
-            return self._session.prompt(prompt, multiline=True, prompt_continuation="  ")
+            return self._session.prompt(prompt, multiline=True, prompt_continuation="  ", completer=None)
         lines = []
         while True:
             line = self.ask(prompt if not lines else "")
@@ -91,8 +105,9 @@ class Terminal:
         self.renderer.console.print(f"\n[bold]{title}[/bold]")
         for number, (_key, label) in enumerate(options, start=1):
             self.renderer.console.print(f"  {number}. {escape(label)}")
+        completer = WordCompleter([key for key, _label in options], ignore_case=True)
         while True:
-            answer = self.ask("> ").strip().lower()
+            answer = self.ask("> ", completer=completer).strip().lower()
             for number, (key, _label) in enumerate(options, start=1):
                 if answer in (str(number), key.lower()):
                     return key
@@ -112,7 +127,8 @@ def run_events(renderer: Renderer, events: Iterator[Event]) -> list[Event]:
         if close is not None:
             close()
         renderer.stop_stream()
-        renderer.show(Event("info", "Stopped. Nothing was added to the story; /retry tries again."))
+        # The story keeps what it had: an interrupted action stays without a result.
+        renderer.show(Event("info", "Stopped. /retry generates again, or type another action."))
     return pending
 
 
@@ -153,7 +169,9 @@ def status_line(game: Game) -> str:
     """model · device · tokens used of the budget · speed of the last turn."""
     stats = game.last
     device = getattr(game.engine.device, "type", str(game.engine.device))
-    parts = [game.model_name, device]
+    # A model given as a folder or file shows its name, not the whole path (it has to fit one line).
+    model = Path(game.model_name).name if "/" in game.model_name or "\\" in game.model_name else game.model_name
+    parts = [model, device]
     if stats.budget:
         parts.append(f"{stats.tokens_used}/{stats.budget} tokens")
     if stats.tok_s:
