@@ -140,7 +140,7 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
             model_name=loaded.name,
             layout=layout_for(getattr(loaded.tokenizer, "chat_template", None)),
             reuse_cache=reuse_cache,
-            clean=not raw,
+            rules="raw" if raw else "guard",
         )
         records = []
         for number in range(turns):

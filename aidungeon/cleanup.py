@@ -326,3 +326,11 @@ def pipeline(text: str, *, recent: Sequence[str] = (), player_name: str | None =
     text = cut_trailing_fragment(text)
     text = balance_quotes(text)
     return normalize_whitespace(text)
+
+
+def aidungeon2_rules(text: str) -> str:
+    """AI Dungeon 2's own cleanup, kept as the coherence benchmark's baseline: cut at the first
+    ">" and drop the trailing incomplete sentence; nothing else."""
+    marker = text.find(">")
+    kept = text if marker < 0 else text[:marker]
+    return cut_trailing_fragment(normalize_whitespace(kept))

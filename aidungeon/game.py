@@ -113,9 +113,12 @@ class Game:
     model_name: str
     layout: Layout = PLAIN
     autosave: bool = True
-    # The benchmark's naive mode turns cache reuse off; a random-weight model turns cleanup off.
+    # The benchmark's naive mode turns cache reuse off. `rules` is "guard" (cleanup, stop rules,
+    # ranking and loop retries: the game), "baseline" (AI Dungeon 2's: cut at ">" and the last
+    # fragment, nothing else) or "raw" (text as generated, for random-weight speed runs).
     reuse_cache: bool = True
-    clean: bool = True
+    rules: str = "guard"
+    last_ranked: list[Scored] = field(default_factory=list)
     last: TurnStats = field(default_factory=TurnStats)
     last_generation: Any = None
     _start: int = 0
@@ -196,7 +199,7 @@ class Game:
                 sampling, seed = self._sampling(attempt), self._seed(attempt)
                 ranked = yield from self._draw(sampling, seed)
                 usable = [s for s in ranked if not s.flags.empty]
-                if usable and not usable[0].flags.loop:
+                if usable and (self.rules != "guard" or not usable[0].flags.loop):
                     yield from self._keep(usable, sampling, seed)
                     completed = True
                     return
@@ -220,6 +223,7 @@ class Game:
     def _keep(self, ranked: list[Scored], sampling: Sampling, seed: int) -> Iterator[Event]:
         """Store the candidates best first (the rest serve /retry), autosave, show the best."""
         used = dataclasses.asdict(sampling)
+        self.last_ranked = ranked
         self.story.add_candidates(
             [Candidate(text=s.text, seed=seed, sampling=used, score=round(s.score, 4)) for s in ranked]
         )
@@ -243,7 +247,7 @@ class Game:
                 context.ids,
                 sampling,
                 n=n,
-                stop=self._stop_rule if self.clean else None,
+                stop=self._stop_rule if self.rules == "guard" else None,
                 seed=seed,
                 reuse_cache=self.reuse_cache,
             )
@@ -256,7 +260,13 @@ class Game:
         recent = self.recent_results()
         player = self.story.player_name or None
         drafts = [(raw.text, self._clean(raw.text, recent), raw.mean_logprob) for raw in generation.candidates]
-        return guard.rank(drafts, recent=recent, player_name=player)
+        ranked = guard.rank(drafts, recent=recent, player_name=player)
+        # Outside the guard's rules the candidates keep their drawing order.
+        return (
+            ranked
+            if self.rules == "guard"
+            else sorted(ranked, key=lambda s: drafts.index((s.raw, s.text, s.mean_logprob)))
+        )
 
     def _shrink_after_oom(self, n: int) -> Iterator[Event]:
         """Out of memory: draw fewer candidates, then use a smaller window; else give up clearly."""
@@ -279,8 +289,10 @@ class Game:
         return [t.result for t in self.story.path()[:-1] if t.result][-RECENT_RESULTS:]
 
     def _clean(self, text: str, recent: list[str]) -> str:
-        if not self.clean:
+        if self.rules == "raw":
             return text.strip()
+        if self.rules == "baseline":
+            return cleanup.aidungeon2_rules(text)
         return cleanup.pipeline(text, recent=recent, player_name=self.story.player_name or None)
 
     def _stop_rule(self, text: str) -> int | None:
