@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turns", type=int, default=None, help="turns per session (speed: 20, coherence: 30)")
     parser.add_argument("--adventures", type=int, default=6, help="coherence: scripted adventures to play")
     parser.add_argument("--context", type=int, default=1024, help="window in tokens (default 1024)")
+    parser.add_argument("--script", help="coherence: the scripted adventures (default benchmarks/coherence.toml)")
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])

@@ -9,12 +9,12 @@ time and there is no global settings object: callers load a `Config` and pass it
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from aidungeon.errors import ConfigError
 from aidungeon.paths import atomic_write

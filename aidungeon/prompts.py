@@ -12,12 +12,11 @@ It does not write or create files, build a `Story`, or talk to the terminal or t
 from __future__ import annotations
 
 import importlib.resources
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from aidungeon.errors import ConfigError
 from aidungeon.story import Story, WorldEntry

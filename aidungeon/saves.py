@@ -32,7 +32,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +258,7 @@ def _parse_time(value: Any) -> datetime | None:
         stamp = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def _decode(raw: bytes, label: str) -> _Loaded:
@@ -299,10 +299,10 @@ def _read_bytes(path: Path) -> bytes:
 def _describe_time(stamp: datetime | None, path: Path) -> str:
     if stamp is None:
         try:
-            stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+            stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
         except OSError:
             return "an unknown time"
-    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _load(path: Path) -> _Loaded:
@@ -376,7 +376,7 @@ def _encode(data: SaveData) -> bytes:
     doc = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
-        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "app_version": __version__,
         "model": data.model,
         "settings": data.settings,
@@ -469,7 +469,7 @@ def list_saves(folder: Path) -> list[SaveInfo]:
         except SaveError as err:
             log.info("skipping %s: %s", path.name, err)
             continue
-        saved_at = loaded.saved_at or datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+        saved_at = loaded.saved_at or datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
         story = loaded.data.story
         infos.append(SaveInfo(name, path, saved_at, len(story.path()), loaded.data.model, story.title))
     infos.sort(key=lambda info: info.name)

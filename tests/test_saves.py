@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def test_file_holds_the_documented_header(tmp_path: Path) -> None:
     assert doc["app_version"] == "0.1.0"
     assert doc["model"] == "smollm2-135m"
     assert doc["settings"] == SETTINGS
-    assert datetime.fromisoformat(doc["saved_at"]).utcoffset() == timezone.utc.utcoffset(None)
+    assert datetime.fromisoformat(doc["saved_at"]).utcoffset() == UTC.utcoffset(None)
     assert "日本語" in path.read_text(encoding="utf-8")  # readable by hand, not \u-escaped
 
 
@@ -423,7 +423,7 @@ def test_list_saves_newest_first_and_skips_what_it_cannot_read(tmp_path: Path) -
     assert [info.title for info in infos] == ["NEW", "MID", "OLD"]
     assert infos[0].path == tmp_path / "new.json"
     assert infos[0].model == "smollm2-135m"
-    assert infos[0].saved_at == datetime(2025, 6, 1, 12, tzinfo=timezone.utc)
+    assert infos[0].saved_at == datetime(2025, 6, 1, 12, tzinfo=UTC)
     assert latest_save(tmp_path) == "new"
 
 

@@ -9,6 +9,7 @@ prompt prints a hint; Ctrl-D saves and quits. The start menu lives here too.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -126,6 +127,9 @@ def run_events(renderer: Renderer, events: Iterator[Event]) -> list[Event]:
         close = getattr(events, "close", None)
         if close is not None:
             close()
+        # A generation stopped between two pieces may be left suspended in a reference cycle;
+        # collect it now, so its cleanup runs here and not in the middle of the next turn.
+        gc.collect()
         renderer.stop_stream()
         # The story keeps what it had: an interrupted action stays without a result.
         renderer.show(Event("info", "Stopped. /retry generates again, or type another action."))
