@@ -184,6 +184,14 @@ def test_steps_that_do_nothing_are_left_out(sampling, expected) -> None:
     assert kinds(build_processors(sampling, prompt_length=3, eos_ids=[0])) == expected
 
 
+def test_end_token_ids_live_on_the_scores_device() -> None:
+    # on a GPU, torch.isin fails when the end ids stay on the CPU
+    processors = build_processors(Sampling(), prompt_length=3, eos_ids=[0, 2], device="meta")
+    assert processors[0].eos_token_id.device.type == "meta"
+    default = build_processors(Sampling(), prompt_length=3, eos_ids=[0, 2])
+    assert default[0].eos_token_id.device.type == "cpu"
+
+
 def test_no_eos_means_no_min_new_tokens_step() -> None:
     assert kinds(build_processors(Sampling(temperature=0), prompt_length=3, eos_ids=[])) == [RangeRepetitionPenalty]
 

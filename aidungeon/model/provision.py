@@ -127,6 +127,9 @@ def convert_gguf(gguf: Path, target: Path, *, progress: ProgressFn = no_progress
         return target
     progress(f"Converting {gguf.name} for transformers (once)", None)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display reports the conversion
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

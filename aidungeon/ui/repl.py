@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import Completer, NestedCompleter, WordCompleter
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion, NestedCompleter, WordCompleter
+from prompt_toolkit.document import Document
 from prompt_toolkit.filters import is_multiline
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings
@@ -30,13 +31,29 @@ from aidungeon.ui.render import Renderer
 Reader = Callable[[str], str]
 
 
-def _completer() -> NestedCompleter:
-    settings = {key: None for key in Config.setting_names()}
-    tree: dict[str, object] = {f"/{name}": None for name in REGISTRY}
-    tree["/set"] = settings
-    tree["/world"] = {"add": None, "list": None, "edit": None, "remove": None}
-    tree["/export"] = {"md": None, "txt": None, "html": None}
-    return NestedCompleter.from_nested_dict(tree)
+class _CommandCompleter(Completer):
+    """Commands, then their arguments (/set KEY, /world add, ...).
+
+    The first word is matched whole (WORD=True): a plain word completer sees only "he" in
+    "/he", because "/" is not a word character, and so never completes a command.
+    """
+
+    def __init__(self) -> None:
+        tree: dict[str, object] = {f"/{name}": None for name in REGISTRY}
+        tree["/set"] = {key: None for key in Config.setting_names()}
+        tree["/world"] = {"add": None, "list": None, "edit": None, "remove": None}
+        tree["/export"] = {"md": None, "txt": None, "html": None}
+        self._arguments = NestedCompleter.from_nested_dict(tree)
+        self._commands = WordCompleter(sorted(tree), WORD=True)
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        if " " in document.text_before_cursor.lstrip():
+            return self._arguments.get_completions(document, complete_event)
+        return self._commands.get_completions(document, complete_event)
+
+
+def _completer() -> Completer:
+    return _CommandCompleter()
 
 
 def _bindings() -> KeyBindings:
