@@ -59,8 +59,8 @@ def doctor(paths: Paths, console: Any) -> int:
         ("model cache", str(paths.models_dir)),
     ]
     table = Table(title="aidungeon doctor", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")  # paths whole, never cut with an ellipsis
     for row in rows:
         table.add_row(*row)
     console.print(table)

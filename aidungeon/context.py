@@ -128,6 +128,10 @@ def build(
         raise StoryError(_too_big_message(pinned + dynamic, budget))
     chunk = max(1, int(budget * settings.drop_fraction))
     begin = choose_start([s.tokens for s in segments], room=room, chunk=chunk, hint=start)
+    # A window must not start with a turn that runs on from a dropped one (in the chat layout
+    # it would continue the system message).
+    while 0 < begin < len(segments) - 1 and not segments[begin].opens:
+        begin += 1
     kept = _fit_first(segments[begin:], room, encode)
     split = _lore_position(kept, settings.note_depth)
     parts = (*pinned, *kept[:split], *dynamic, *kept[split:])

@@ -472,9 +472,16 @@ def list_saves(folder: Path) -> list[SaveInfo]:
         saved_at = loaded.saved_at or datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
         story = loaded.data.story
         infos.append(SaveInfo(name, path, saved_at, len(story.path()), loaded.data.model, story.title))
-    infos.sort(key=lambda info: info.name)
-    infos.sort(key=lambda info: info.saved_at, reverse=True)
+    # Saves written within one second tie on saved_at; the file's own clock breaks the tie.
+    infos.sort(key=lambda info: (info.saved_at, _mtime_ns(info.path)), reverse=True)
     return infos
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def latest_save(folder: Path) -> str | None:

@@ -370,11 +370,6 @@ def test_cut_part_text_matches_its_ids() -> None:
     assert enc(part.text) == list(part.ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: choose_start may keep a turn without an action as the first story segment; in the ChatML "
-    "layout its text then runs on inside the system message (no assistant message opens before it)",
-)
 def test_chatml_window_never_starts_the_story_inside_the_system_message() -> None:
     turns = []
     for i in range(1, 11):

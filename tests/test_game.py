@@ -57,6 +57,13 @@ def run(game: Game, line: str) -> list[Event]:
     return list(game.handle(line))
 
 
+def play(game: Game, line: str) -> list[Event]:
+    """A turn that must be answered (with the fixed seeds here it is; a changed model may need another seed)."""
+    events = run(game, line)
+    assert "result" in kinds(events), f"no result for {line!r} with seed {game.config.sampling.seed}: {events}"
+    return events
+
+
 def kinds(events: list[Event]) -> list[str]:
     return [e.kind for e in events]
 
@@ -106,17 +113,23 @@ def test_an_action_enters_rewritten_and_gets_a_result(game: Game) -> None:
     assert pieces, "the result should stream"
 
 
-def test_every_turn_autosaves(loaded: Any, trained_model_dir: Path) -> None:
-    game = make_game(loaded, trained_model_dir, seed=5)  # a seed where every turn gets a usable result
-    for line in ("look around", "I light my torch", '"Hello?"', "!A bat flies past."):
-        assert "result" in kinds(run(game, line))
-        assert saved_story(game) == game.story.to_dict()
-    actions = [t.action for t in game.story.path()]
-    assert actions == ["You look around.", "You light your torch.", 'You say "Hello?"', "A bat flies past."]
+def test_every_turn_autosaves(game: Game) -> None:
+    lines = ("look around", "I light my torch", '"Hello?"', "!A bat flies past.", "go north", "")
+    answered = 0
+    for line in lines:
+        events = run(game, line)
+        saved, current = saved_story(game), game.story.to_dict()
+        if "result" in kinds(events):
+            answered += 1
+        else:  # a stalled turn is taken back; only the turn counter may differ from the last save
+            saved.pop("next_id")
+            current.pop("next_id")
+        assert saved == current
+    assert answered >= 3, "the trained model should answer most actions"
 
 
 def test_retry_keeps_every_alternative_with_its_seed_and_sampling(game: Game) -> None:
-    run(game, "look around")
+    play(game, "look around")
     turn = game.story.last
     assert turn is not None
     first = turn.result
@@ -133,8 +146,8 @@ def test_retry_keeps_every_alternative_with_its_seed_and_sampling(game: Game) ->
 
 
 def test_undo_then_a_new_action_keeps_the_old_branch(game: Game) -> None:
-    run(game, "look around")
-    run(game, "open the door")
+    play(game, "look around")
+    play(game, "open the door")
     old_leaf = game.story.last
     assert old_leaf is not None
     events = run(game, "/undo")
@@ -142,7 +155,7 @@ def test_undo_then_a_new_action_keeps_the_old_branch(game: Game) -> None:
     assert [t.action for t in game.story.path()] == ["You look around."]
     assert saved_story(game)["head"] == game.story.head
 
-    run(game, "climb the wall")
+    play(game, "climb the wall")
     table = only(run(game, "/branches"), "table").data
     assert len(table.rows) == 2
     ids = [row[0] for row in table.rows]
@@ -155,7 +168,7 @@ def test_undo_then_a_new_action_keeps_the_old_branch(game: Game) -> None:
 
 
 def test_redo_brings_back_the_undone_turn(game: Game) -> None:
-    run(game, "look around")
+    play(game, "look around")
     turn = game.story.last
     assert turn is not None
     run(game, "/undo")
@@ -167,7 +180,7 @@ def test_redo_brings_back_the_undone_turn(game: Game) -> None:
 
 
 def test_alter_replaces_the_result_and_without_text_asks_to_edit(game: Game) -> None:
-    run(game, "look around")
+    play(game, "look around")
     old = game.story.last.result if game.story.last else ""
     events = run(game, "/alter")
     assert events == [Event("edit", old, data="/alter ")]
@@ -270,7 +283,7 @@ def test_help_lists_every_command(game: Game) -> None:
 
 def test_context_table_counts_add_up(game: Game) -> None:
     run(game, "/remember You are a knight.")
-    run(game, "look around")
+    play(game, "look around")
     table = only(run(game, "/context"), "table").data
     assert table.columns == ("part", "tokens", "text")
     total = sum(int(row[1]) for row in table.rows)
@@ -290,7 +303,7 @@ def test_settings_table(game: Game) -> None:
 
 
 def test_save_then_load_restores_the_exact_story(game: Game, loaded: Any, trained_model_dir: Path) -> None:
-    run(game, "look around")
+    play(game, "look around")
     run(game, "/remember You are brave.")
     run(game, "/set top_k 20")
     events = run(game, "/save x")
@@ -310,7 +323,7 @@ def test_save_then_load_restores_the_exact_story(game: Game, loaded: Any, traine
 
 
 def test_load_restores_the_story_saved_by_name(game: Game, loaded: Any, trained_model_dir: Path) -> None:
-    run(game, "look around")
+    play(game, "look around")
     run(game, "/save x")
     snapshot = game.story.to_dict()
     other = make_game(loaded, trained_model_dir, save_name="other")
@@ -320,14 +333,14 @@ def test_load_restores_the_story_saved_by_name(game: Game, loaded: Any, trained_
 
 
 def test_print_shows_the_transcript(game: Game) -> None:
-    run(game, "look around")
+    play(game, "look around")
     text = only(run(game, "/print"), "text").text
     assert text.startswith(OPENING)
     assert "> You look around." in text
 
 
 def test_quit_saves(game: Game) -> None:
-    run(game, "look around")
+    play(game, "look around")
     events = run(game, "/quit")
     assert kinds(events) == ["quit"]
     assert saved_story(game) == game.story.to_dict()
@@ -351,8 +364,8 @@ def test_another_seed_gives_another_story(loaded: Any, trained_model_dir: Path) 
     results = []
     for seed in (1, 2):
         game = make_game(loaded, trained_model_dir, seed=seed, save_name=f"s{seed}")
-        run(game, "look around")
-        run(game, "light a torch")
+        play(game, "look around")
+        play(game, "light a torch")
         results.append(game.story.transcript())
     assert results[0] != results[1]
 
@@ -379,7 +392,7 @@ def test_empty_results_are_retried_a_bounded_number_of_times(game: Game, monkeyp
 
 
 def test_an_empty_retry_keeps_the_turn(game: Game, monkeypatch: pytest.MonkeyPatch) -> None:
-    run(game, "look around")
+    play(game, "look around")
     turn = game.story.last
     assert turn is not None
     before = turn.result
@@ -406,7 +419,7 @@ def _interrupting_generate(engine: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def test_ctrl_c_during_generation_keeps_the_action_and_retry_finishes_it(game: Game) -> None:
-    run(game, "look around")
+    play(game, "look around")
     real_engine = game.engine
     game.engine = CountingEngine(real_engine, _interrupting_generate)
     events: list[Event] = []
@@ -440,7 +453,7 @@ def test_ctrl_c_in_the_renderer_closes_the_generation_cleanly(game: Game) -> Non
 
 
 def test_a_new_action_after_an_interrupted_one_replaces_it(game: Game) -> None:
-    run(game, "look around")
+    play(game, "look around")
     real_engine = game.engine
     game.engine = CountingEngine(real_engine, _interrupting_generate)
     with pytest.raises(KeyboardInterrupt):
@@ -462,13 +475,8 @@ def test_begin_generates_the_first_result_of_a_story_without_one(game: Game) -> 
     assert last is not None and last.action == "" and last.result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine._run yields inside `with torch.inference_mode()`; a generation closed midway "
-    "(Ctrl-C while rendering) stays suspended in a reference cycle, leaking inference mode into the caller "
-    "until the garbage collector finalizes it, in the middle of a later generation (RuntimeError)",
-)
 def test_a_generation_closed_midway_leaves_torch_as_it_was(game: Game, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generation dropped midway must not leave inference mode on, nor break a later turn when collected."""
     import gc
 
     import torch
@@ -492,3 +500,44 @@ def test_a_generation_closed_midway_leaves_torch_as_it_was(game: Game, monkeypat
     events_after = run(game, "open the door")
     assert not leaked
     assert "result" in kinds(events_after)
+
+
+# -- the terminal boundary -------------------------------------------------------------------
+
+
+def test_ctrl_c_while_rendering_stops_cleanly(game: Game, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C that lands in the renderer (between two pieces) stops the turn like one in the model."""
+    import gc
+    from io import StringIO
+
+    import torch
+    from rich.console import Console
+
+    from aidungeon.ui.render import Renderer
+    from aidungeon.ui.repl import run_events
+
+    class Interrupted(Renderer):
+        def show(self, event: Event) -> None:
+            if event.kind == "piece":
+                raise KeyboardInterrupt
+            super().show(event)
+
+    out = StringIO()
+    assert run_events(Interrupted(Console(file=out, width=100)), game.handle("look around")) == []
+    assert "Stopped." in out.getvalue()
+    assert not torch.is_inference_mode_enabled()
+    last = game.story.last
+    assert last is not None and last.action == "You look around." and not last.result
+
+    real_stop = game._stop_rule
+    collected: list[bool] = []
+
+    def stop_and_collect(text: str) -> int | None:
+        if not collected:
+            collected.append(True)
+            gc.collect()
+        return real_stop(text)
+
+    monkeypatch.setattr(game, "_stop_rule", stop_and_collect)
+    assert "result" in kinds(run(game, "/retry"))
+    assert game.story.last is last and last.result

@@ -217,11 +217,6 @@ def test_sample_next() -> None:
     assert first == again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Sampling accepts an int temperature (validation passes), but transformers' "
-    "TemperatureLogitsWarper rejects non-float values, so generation crashes",
-)
 def test_whole_number_temperature_is_accepted() -> None:
     processors = build_processors(Sampling(temperature=1), prompt_length=3, eos_ids=[0])
     assert isinstance(processors[-1], TopPLogitsWarper)
@@ -245,10 +240,6 @@ def test_vocab_limit_comes_first_when_asked_for() -> None:
     assert processors[0].limit == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: VocabLimit.__call__ writes -inf into the scores it is given (the module promises pure steps)",
-)
 def test_vocab_limit_does_not_change_its_input() -> None:
     scores = flat(1.0)
     VocabLimit(5)(ids([1]), scores)

@@ -211,6 +211,8 @@ def test_a_new_player_plays_stops_and_resumes(trained_model_dir: Path, env: dict
     ]
     assert all(t.result for t in story.path())
     assert len(story.leaves()) == 2  # the undone "go north" stays as a branch
+    history = (Path(os.environ["AIDUNGEON_HOME"]) / "history.txt").read_text(encoding="utf-8")
+    assert "+look around" in history and "+/save x" in history  # kept for the next session
 
     # 8. relaunch with --load x (and --no-color): the story continues; Ctrl-D saves and quits
     again = Player(["--load", "x", "--no-color"], env)
@@ -243,6 +245,9 @@ def test_no_color_env_and_the_prompt_keys(trained_model_dir: Path, env: dict[str
     player.expect("/help")
     player.send("\r")
     assert "/retry" in plain(player.prompt())
+    player.send("/set tem\t")  # and a setting's name
+    player.expect("temperature")
+    assert "temperature = 0.5" in plain(player.line(" 0.5"))
     player.send("\x04")  # Ctrl-D saves and quits
     player.expect("Saved as keep")
     assert player.finish() == 0

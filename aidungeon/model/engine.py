@@ -263,7 +263,10 @@ class Engine:
             device=self.device,
         )
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        if seed is None:
+            generator.seed()  # fresh entropy, leaving torch's global generator alone
+        else:
+            generator.manual_seed(seed)
         with torch.inference_mode():
             # A preallocated history keeps the repetition penalty's view free of per-step copies.
             history = torch.empty((n, len(prompt_ids) + sampling.max_new_tokens), dtype=torch.long, device=self.device)
@@ -320,7 +323,8 @@ class Engine:
 
     @staticmethod
     def _stream_piece(row: _Row) -> str:
-        """The new text of the row that is safe to show: not past a stop, no half characters."""
+        """The row's new text: never past a stop found so far, never half a character (a stop found
+        later can still cut text already streamed; the final result replaces the preview)."""
         visible = row.text if row.cut is None else row.text[: row.cut]
         if not row.done and visible.endswith("\ufffd"):
             return ""

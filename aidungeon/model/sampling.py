@@ -69,6 +69,7 @@ class VocabLimit(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[-1] > self.limit:
+            scores = scores.clone()
             scores[:, self.limit :] = -float("inf")
         return scores
 
@@ -94,11 +95,11 @@ def build_processors(
             )
         )
     if sampling.temperature > 0:
-        processors.append(TemperatureLogitsWarper(sampling.temperature))
+        processors.append(TemperatureLogitsWarper(float(sampling.temperature)))
         if sampling.top_k > 0:
             processors.append(TopKLogitsWarper(sampling.top_k))
         if sampling.top_p < 1.0:
-            processors.append(TopPLogitsWarper(sampling.top_p))
+            processors.append(TopPLogitsWarper(float(sampling.top_p)))
     return processors
 
 

@@ -82,9 +82,6 @@ class Renderer:
         self._live.update(self._preview)
 
     def _restart(self, event: Event) -> None:
-        self.stop_stream()
-
-    def _restart(self, event: Event) -> None:
         """The turn is drawn again: drop what was streamed so far."""
         self.stop_stream()
 
