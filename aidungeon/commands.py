@@ -255,12 +255,19 @@ def _show(value: object) -> str:
     return "none" if value is None else str(value)
 
 
+def budget_bar(used: int, budget: int, width: int = 30) -> str:
+    """`[#########.....]`: how much of the token budget the window uses."""
+    filled = min(width, round(width * used / budget)) if budget > 0 else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
 @command("context", "ctx")
 def _context(game: Game, arg: str) -> Iterator[Event]:
     """Show exactly what the model sees next, with a token count per part."""
     context = game.build_context()
     rows = tuple((part.name, str(part.tokens), part.text) for part in context.parts)
-    footer = f"{context.tokens} of {context.budget} tokens ({game.config.sampling.max_new_tokens} kept for the reply)"
+    reply = game.config.sampling.max_new_tokens
+    footer = f"{budget_bar(context.tokens, context.budget)} {context.tokens} of {context.budget} tokens ({reply} kept for the reply)"
     yield Event("table", data=Table("Context", ("part", "tokens", "text"), rows, footer))
 
 

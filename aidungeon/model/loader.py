@@ -37,12 +37,20 @@ class Preset:
     wheel: WheelSource | None = None
     # Cap on the window used for play: a small model on a CPU slows down over a huge window.
     max_window: int | None = None
+    # bf16 on the CPU was checked against fp32 for this model (benchmarks/RESULTS.md).
+    cpu_bf16: bool = False
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("smollm2-135m", "SmolLM2-135M-Instruct, 270 MB, the embedded default", wheel=SMOLLM2, max_window=2048),
+        Preset(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct, 270 MB, the embedded default",
+            wheel=SMOLLM2,
+            max_window=2048,
+            cpu_bf16=True,
+        ),
         Preset("gpt2", "GPT-2 124M, the AI Dungeon reference family", ("openai-community/gpt2", "gpt2")),
         Preset("gpt2-medium", "GPT-2 355M", ("openai-community/gpt2-medium", "gpt2-medium")),
         Preset("gpt2-large", "GPT-2 774M", ("openai-community/gpt2-large", "gpt2-large")),
@@ -81,15 +89,19 @@ def choose_device(requested: str) -> str:
     return requested
 
 
-def choose_dtype(requested: str, device: str) -> str:
-    """`auto`: bf16 (or fp16) on CUDA, fp16 on MPS, fp32 on the CPU."""
+def choose_dtype(requested: str, device: str, preset: Preset | None = None) -> str:
+    """`auto`: bf16 (or fp16) on CUDA, fp16 on MPS; on the CPU fp32, or bf16 for a preset whose
+    bf16 quality was checked (`cpu_bf16`) when the CPU computes bf16 natively."""
     if requested != "auto":
         return requested
-    if device == "cuda":
-        import torch
+    import torch
 
+    if device == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float16" if device == "mps" else "float32"
+    if device == "mps":
+        return "float16"
+    native_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bfloat16" if preset is not None and preset.cpu_bf16 and native_bf16 else "float32"
 
 
 def resolve(spec: str, paths: Paths, *, progress: ProgressFn = no_progress) -> tuple[str, Path]:
@@ -231,7 +243,7 @@ def load_model(
     """Resolve, check and load a model for play."""
     name, folder = resolve(spec, paths, progress=progress)
     device = choose_device(device)
-    dtype = choose_dtype(dtype, device)
+    dtype = choose_dtype(dtype, device, PRESETS.get(name))
     check_fits(folder, name, device, dtype)
     progress(f"Loading {name} on {device} ({dtype})", None)
     import torch
