@@ -267,7 +267,8 @@ def _context(game: Game, arg: str) -> Iterator[Event]:
     context = game.build_context()
     rows = tuple((part.name, str(part.tokens), part.text) for part in context.parts)
     reply = game.config.sampling.max_new_tokens
-    footer = f"{budget_bar(context.tokens, context.budget)} {context.tokens} of {context.budget} tokens ({reply} kept for the reply)"
+    bar = budget_bar(context.tokens, context.budget)
+    footer = f"{bar} {context.tokens} of {context.budget} tokens ({reply} kept for the reply)"
     yield Event("table", data=Table("Context", ("part", "tokens", "text"), rows, footer))
 
 
