@@ -62,7 +62,7 @@ class ContextSettings:
     context_tokens: int = field(default=0, metadata={"help": "window size in tokens (0 = the model's own)"})
     note_depth: int = field(default=3, metadata={"help": "author's note goes this many turns from the end"})
     lore_scan_turns: int = field(default=3, metadata={"help": "world info keys are looked for in this many turns"})
-    drop_fraction: float = field(default=0.25, metadata={"help": "share of the window freed when it is full"})
+    drop_fraction: float = field(default=0.4, metadata={"help": "share of the window freed when it is full"})
 
     def __post_init__(self) -> None:
         _check(self.context_tokens == 0 or self.context_tokens >= 64, "context_tokens must be 0 (auto) or at least 64")
