@@ -198,12 +198,8 @@ def test_a_custom_opening_through_the_menu(trained_model_dir: Path) -> None:
     assert read(info.name).story.opening == "You wake in a cell.\nThe door is open."
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: saves.list_saves sorts by saved_at (kept to the second), then by name, so of two saves "
-    "written within one second `--load` and `/load` resume the alphabetically first, not the newest",
-)
 def test_load_with_no_name_picks_the_newest_even_within_one_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """saved_at is kept to the second; two saves within one second must still resume the newer one."""
     from datetime import UTC, datetime
 
     frozen = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -287,7 +287,7 @@ def test_context_table_counts_add_up(game: Game) -> None:
     table = only(run(game, "/context"), "table").data
     assert table.columns == ("part", "tokens", "text")
     total = sum(int(row[1]) for row in table.rows)
-    assert table.footer.startswith(f"{total} of {game.budget()} tokens")
+    assert f" {total} of {game.budget()} tokens" in f" {table.footer}"
     assert total == len(game.build_context().ids)
     assert [row[0] for row in table.rows][:2] == ["memory", "opening (pinned)"]
 

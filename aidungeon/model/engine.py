@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from aidungeon.config import Sampling
 from aidungeon.errors import OutOfMemoryError
@@ -120,15 +120,21 @@ class _Row:
 class Engine:
     """Generates continuations for one model, keeping its KV cache between calls."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, window: int) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, window: int, static_cache: bool = True
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.window = window
+        # A cache preallocated for the whole window spares the per-token copy a growing cache
+        # makes of every layer. transformers' static cache cannot fan out into a batch, so
+        # best-of-n draws (n > 1) use a growing one.
+        self.static_cache = static_cache
         self.device = next(model.parameters()).device
         self.eos_ids = self._eos_ids()
         # transformers 5.24 renamed `past_key_values=` to `cache=`; older 5.x know only the first.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self._cache: DynamicCache | None = None
+        self._cache: DynamicCache | StaticCache | None = None
         # Token ids of each row of the cache, so the next prompt can find its longest prefix.
         self._cached_rows: list[list[int]] = []
         self._owner: Generation | None = None
@@ -212,13 +218,14 @@ class Engine:
 
     def _prefill(self, prompt_ids: list[int], n: int, reuse_cache: bool, stats: GenerationStats) -> torch.Tensor:
         """Run the part of the prompt the cache does not hold; return the last position's logits."""
-        reused = self._reuse(prompt_ids) if reuse_cache else 0
+        fan_out = n > 1 and isinstance(self._cache, StaticCache)
+        reused = self._reuse(prompt_ids) if reuse_cache and not fan_out else 0
         if reused == 0:
-            self._cache = DynamicCache(config=self.model.config)
+            self._cache = self._new_cache(n)
         # The model must see at least one token to give the next token's logits.
         reused = min(reused, len(prompt_ids) - 1)
         assert self._cache is not None
-        surplus = self._cache.get_seq_length() - reused
+        surplus = int(self._cache.get_seq_length()) - reused
         if surplus > 0:
             self._cache.crop(-surplus)
         stats.reused_tokens = reused
@@ -230,6 +237,11 @@ class Engine:
             logits = logits.expand(n, -1)
         self._cached_rows = [list(prompt_ids) for _ in range(n)]
         return logits
+
+    def _new_cache(self, n: int) -> DynamicCache | StaticCache:
+        if self.static_cache and n == 1:
+            return StaticCache(config=self.model.config, max_cache_len=self.window)
+        return DynamicCache(config=self.model.config)
 
     def _reuse(self, prompt_ids: list[int]) -> int:
         """Keep the cached row sharing the longest prefix with the prompt; return that length."""
