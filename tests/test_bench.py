@@ -1,0 +1,62 @@
+"""`aidungeon bench` on the tiny models: the figures exist, are consistent, and the JSON has its keys.
+
+Speed and quality targets are measured by the benchmark itself (benchmarks/RESULTS.md), never
+asserted here: these checks only make sure the benchmark measures what it says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aidungeon.bench import speed_bench
+from aidungeon.bench_coherence import METRICS, run_coherence
+from aidungeon.cli import build_parser
+from aidungeon.paths import default_paths
+
+SPEED_KEYS = {
+    "model",
+    "device",
+    "dtype",
+    "turns",
+    "median_ttft_s",
+    "median_turn_s",
+    "naive_median_ttft_s",
+    "naive_median_turn_s",
+    "cache_hit_ratio",
+    "decode_tok_s",
+    "decode_bound_tok_s",
+    "peak_rss_mb",
+    "startup_s",
+}
+
+
+def test_speed_bench_reports_every_figure(trained_model_dir: Path) -> None:
+    args = build_parser().parse_args(
+        ["bench", "--model", str(trained_model_dir), "--turns", "4", "--max-new-tokens", "8"]
+    )
+    results = speed_bench(args, default_paths())
+    assert results.keys() >= SPEED_KEYS
+    assert results["turns"] == 4 and len(results["per_turn"]) == 4
+    # The first timed turn starts a fresh engine: a miss. Later ones reuse the cache.
+    hits = [turn["cache_hit"] for turn in results["per_turn"]]
+    assert hits[0] is False and all(hits[1:])
+    assert results["median_prefill_tokens"] < results["naive_median_prefill_tokens"]
+    assert results["decode_bound_tok_s"] > 0 and results["peak_rss_mb"] > 0 and results["startup_s"] > 0
+
+
+def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(
+        ["bench", "coherence", "--model", str(trained_model_dir), "--adventures", "1", "--turns", "3", "--json"]
+    )
+    assert run_coherence(args, default_paths(), console=None) == 0
+    results = json.loads(capsys.readouterr().out)
+    for mode in ("guard", "baseline"):
+        assert set(METRICS) | {"turns"} <= results[mode].keys()
+        assert results[mode]["turns"] == 3
+        assert all(0 <= results[mode][name] <= 100 * 60 for name in METRICS)
+    # The guard never shows a player turn or a cut-off sentence.
+    assert results["guard"]["hallucinated_player_turns"] == 0
+    assert results["guard"]["fragments"] == 0
