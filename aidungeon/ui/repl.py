@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import CompleteEvent, Completer, Completion, NestedCompleter, WordCompleter
+from prompt_toolkit.completion import (
+    CompleteEvent,
+    Completer,
+    Completion,
+    DummyCompleter,
+    NestedCompleter,
+    WordCompleter,
+)
 from prompt_toolkit.document import Document
 from prompt_toolkit.filters import is_multiline
 from prompt_toolkit.history import FileHistory
@@ -110,7 +117,8 @@ class Terminal:
     def ask_multiline(self, prompt: str) -> str:
         """Several lines: on a terminal, Esc-Enter (Alt-Enter) finishes; piped, an empty line does."""
         if self._session is not None:
-            return self._session.prompt(prompt, multiline=True, prompt_continuation="  ", completer=None)
+            # completer=None would keep the last prompt's completer: an opening completes nothing.
+            return self._session.prompt(prompt, multiline=True, prompt_continuation="  ", completer=DummyCompleter())
         lines = []
         while True:
             line = self.ask(prompt if not lines else "")
