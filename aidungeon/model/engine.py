@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from aidungeon.config import Sampling
 from aidungeon.errors import OutOfMemoryError
 from aidungeon.model.sampling import build_processors, sample_next
 
 log = logging.getLogger(__name__)
+
+# transformers before 5.2x cannot crop a static cache; there the engine uses a growing one.
+STATIC_CACHE_CROPS = hasattr(StaticLayer, "crop")
 
 # Given the text generated so far, where to cut it (a stop rule fired) or None to go on.
 StopRule = Callable[[str], "int | None"]
@@ -239,7 +243,7 @@ class Engine:
         return logits
 
     def _new_cache(self, n: int) -> DynamicCache | StaticCache:
-        if self.static_cache and n == 1:
+        if self.static_cache and n == 1 and STATIC_CACHE_CROPS:
             return StaticCache(config=self.model.config, max_cache_len=self.window)
         return DynamicCache(config=self.model.config)
 
