@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from aidungeon.actions import second_person
+
 # -- sentences ---------------------------------------------------------------------------------
 
 # A sentence ends at . ! ? or an ellipsis, optionally closed by quotes/brackets, before whitespace
@@ -322,10 +324,20 @@ def pipeline(text: str, *, recent: Sequence[str] = (), player_name: str | None =
     text = remove_junk(text)
     text = cut_player_turn(text, player_name=player_name)
     text = normalize_whitespace(text)
+    text = narrate_in_second_person(text)
     text = drop_repeated_sentences(text, recent)
     text = cut_trailing_fragment(text)
     text = balance_quotes(text)
     return normalize_whitespace(text)
+
+
+def narrate_in_second_person(text: str) -> str:
+    """Narration that slipped into first person ("I open the door") back into the game's voice.
+
+    Small chat models drift into narrating as "I" whatever their instructions say. Speech in
+    quotes is left alone: a character may well say "I".
+    """
+    return second_person(text)
 
 
 def aidungeon2_rules(text: str) -> str:

@@ -16,6 +16,7 @@ from aidungeon.cleanup import (
     find_player_turn,
     find_special_token,
     is_fragment,
+    narrate_in_second_person,
     normalize_whitespace,
     pipeline,
     remove_junk,
@@ -391,3 +392,17 @@ def test_pipeline_output_is_complete_and_stable(text: str, recent: list[str]) ->
     if out:
         assert not is_fragment(out)
         assert pipeline(out) == out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I open the door and my torch flickers.", "You open the door and your torch flickers."),
+        ('I turn. "I am the king," he says.', 'You turn. "I am the king," he says.'),
+        ("The guard looks at me and I freeze.", "The guard looks at you and you freeze."),
+        ("You walk on. The road is long.", "You walk on. The road is long."),
+    ],
+)
+def test_narrate_in_second_person(text: str, expected: str) -> None:
+    assert narrate_in_second_person(text) == expected
+    assert pipeline(text) == expected

@@ -257,7 +257,10 @@ def test_rank_keeps_raw_and_shown_and_scores() -> None:
 
 
 def test_a_turn_as_the_game_plays_it() -> None:
-    """n raw candidates -> cleanup.pipeline -> rank: the clean, new, second-person one wins."""
+    """n raw candidates -> cleanup.pipeline -> rank: of the clean, new ones the likeliest wins.
+
+    The pipeline turns first-person narration into the game's second person, so that candidate
+    is clean too and its better log-probability puts it first."""
     recent = ["You enter the cellar. Barrels line the walls.", CLOSET]
     raws = [
         ("You check the closet. It is empty.\n> check closet", -0.4),
@@ -268,14 +271,14 @@ def test_a_turn_as_the_game_plays_it() -> None:
     ranked = rank([(raw, pipeline(raw, recent=recent), lp) for raw, lp in raws], recent=recent)
     # The pipeline already dropped the repeated sentence and cut the player turn and the fragment.
     assert _order(ranked) == [
+        "You look at the barrels. They smell of wine.",
         "You pry open a barrel. Dark wine spills across the floor.",
-        "I look at the barrels. They smell of wine.",
         "It is empty.",
         "",
     ]
     assert [item.flags for item in ranked] == [
         Flags(),
-        Flags(first_person=True),
+        Flags(),
         Flags(player_turn=True, repeated_ngrams=1.0),
         Flags(junk=True, empty=True),
     ]
