@@ -46,11 +46,6 @@ def command(name: str, *aliases: str, usage: str = "") -> Callable[[Handler], Ha
     return register
 
 
-def names() -> list[str]:
-    """Every command name and alias, with its slash, for completion."""
-    return sorted(f"/{key}" for key in REGISTRY)
-
-
 def dispatch(game: Game, line: str) -> Iterator[Event]:
     word, _, argument = line.lstrip("/").partition(" ")
     entry = REGISTRY.get(word.lower())

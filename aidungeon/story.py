@@ -104,9 +104,6 @@ class Story:
         parents = {t.parent for t in self.turns.values()}
         return [t for t in self.turns.values() if t.id not in parents]
 
-    def recent_results(self, count: int) -> list[str]:
-        return [t.result for t in self.path()[-count:] if t.result] if count > 0 else []
-
     # -- changing ------------------------------------------------------------------------
 
     def append(self, action: str) -> Turn:

@@ -115,9 +115,6 @@ class Renderer:
         if table.footer:
             self._info(Event("info", table.footer))
 
-    def status(self, text: str) -> None:
-        self._info(Event("info", text))
-
 
 @contextmanager
 def progress_bar(console: Console) -> Iterator[ProgressFn]:
