@@ -142,8 +142,10 @@ class Game:
         """Show where the story stands; a story with no result yet gets its first continuation."""
         yield from self.recap()
         last = self.story.last
-        if last is None or not last.result:
-            yield from self.act(last.action if last is not None else "")
+        if last is None:
+            yield from self.act("")
+        elif not last.result:  # a turn stopped before its result (Ctrl-C, a crash): finish it
+            yield from self._generate_turn(replace_on_failure=True)
 
     def recap(self, turns: int = 3) -> Iterator[Event]:
         """The opening (for a young story) or the last few turns of the current branch."""
