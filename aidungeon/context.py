@@ -1,8 +1,10 @@
 """Story -> the exact token window the model sees next.
 
 The window is built from parts, each tokenized on its own and concatenated, so every count
-is exact and the ids the model gets are the ids counted. The order keeps the cached prefix
-stable from turn to turn:
+is exact and the ids the model gets are the ids counted. A result is tokenized apart from its
+action, through the caller's `encode`, which may return the very ids the model generated for
+that text: then the next turn's prompt matches the engine's cache up to the new action. The
+order keeps the cached prefix stable from turn to turn:
 
     memory | constant world info | pinned opening | older story | world info hits
     | author's note | the last `note_depth` turns
@@ -49,11 +51,12 @@ class Layout:
     action: str  # before a turn's action; "{action}" is replaced
     lore: str  # before world info hits and the author's note
 
-    def turn(self, action: str, result: str) -> str:
-        """A turn: the player's action then the result; with no action the result runs on."""
+    def turn(self, action: str, result: str) -> tuple[str, str]:
+        """A turn as (head, body): the player's action, then the result; with no action the
+        result runs on. They are tokenized apart, so the body can reuse the model's own ids."""
         if not action:
-            return " " + result if result else ""
-        return self.action.replace("{action}", action) + result
+            return "", " " + result if result else ""
+        return self.action.replace("{action}", action), result
 
 
 PLAIN = Layout(name="plain", header="", line="\n", opening="\n", action="\n> {action}\n", lore="\n")
@@ -161,7 +164,9 @@ def _story_segments(story: Story, turns: Sequence[Turn], encode: Encode, layout:
     if not story.pin_opening and story.opening.strip():
         segments.append(_part("opening", layout.opening + story.opening.strip(), encode))
     for number, turn in enumerate(turns, start=1):
-        segments.append(_part(f"turn {number}", layout.turn(turn.action, turn.result), encode, opens=bool(turn.action)))
+        head, body = layout.turn(turn.action, turn.result)
+        ids = (*(encode(head) if head else ()), *(encode(body) if body else ()))
+        segments.append(Part(f"turn {number}", head + body, ids, opens=bool(turn.action)))
     return segments
 
 

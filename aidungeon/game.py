@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How many times an empty or unusable result is regenerated before the player is told.
 MAX_ATTEMPTS = 3
+# How many generated results keep their model ids for the context (a few turns' worth).
+KNOWN_IDS_KEPT = 64
 # How many recent results cleanup and the drift guard compare a new result with.
 RECENT_RESULTS = 6
 
@@ -48,6 +50,8 @@ class EngineLike(Protocol):
     device: Any
 
     def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
     def generate(
         self,
@@ -119,6 +123,9 @@ class Game:
     reuse_cache: bool = True
     rules: str = "guard"
     last_ranked: list[Scored] = field(default_factory=list)
+    # Shown results -> the ids the model generated for them (see `_encode`).
+    _known_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _draft_ids: dict[str, list[int]] = field(default_factory=dict)
     last: TurnStats = field(default_factory=TurnStats)
     last_generation: Any = None
     _start: int = 0
@@ -226,6 +233,7 @@ class Game:
         """Store the candidates best first (the rest serve /retry), autosave, show the best."""
         used = dataclasses.asdict(sampling)
         self.last_ranked = ranked
+        self._remember_ids(ranked[0].text, self._draft_ids.get(ranked[0].raw, []))
         self.story.add_candidates(
             [Candidate(text=s.text, seed=seed, sampling=used, score=round(s.score, 4)) for s in ranked]
         )
@@ -261,6 +269,7 @@ class Game:
         self._record_stats(context, generation.stats)
         recent = self.recent_results()
         player = self.story.player_name or None
+        self._draft_ids = {raw.text: raw.token_ids for raw in generation.candidates}
         drafts = [(raw.text, self._clean(raw.text, recent), raw.mean_logprob) for raw in generation.candidates]
         ranked = guard.rank(drafts, recent=recent, player_name=player)
         # Outside the guard's rules the candidates keep their drawing order.
@@ -285,6 +294,33 @@ class Game:
             "out of memory even with a small window; your story is saved. "
             "Restart with --device cpu or a smaller model (aidungeon models)"
         )
+
+    def _encode(self, text: str) -> list[int]:
+        """Tokenize for the context, reusing the model's own ids for a result it generated.
+
+        Cleaned text, tokenized afresh, often differs from the ids the model sampled (cuts,
+        non-canonical merges), which would end the cached prefix at the previous result. The
+        model's ids decode to exactly this text, so the model sees the same story either way.
+        """
+        known = self._known_ids.get(text)
+        return list(known) if known is not None else self.engine.encode(text)
+
+    def _remember_ids(self, text: str, ids: list[int]) -> None:
+        """Find the prefix of the generated ids that decodes to the shown text (as the layout
+        will place it, with or without a leading space) and remember it."""
+        decode = getattr(self.engine, "decode", None)
+        if decode is None or not ids:
+            return
+        full = decode(ids)
+        for variant in (text, " " + text):
+            if not full.startswith(variant):
+                continue
+            for end in range(len(ids), 0, -1):
+                if decode(ids[:end]) == variant:
+                    self._known_ids[variant] = tuple(ids[:end])
+                    break
+        while len(self._known_ids) > KNOWN_IDS_KEPT:
+            self._known_ids.pop(next(iter(self._known_ids)))
 
     def recent_results(self) -> list[str]:
         """Results of the turns before the current one, for repeat and loop checks."""
@@ -338,7 +374,7 @@ class Game:
             raise StoryError("max_new_tokens leaves no room for the story; lower it or raise context_tokens")
         context = build(
             self.story,
-            self.engine.encode,
+            self._encode,
             budget=self.budget(),
             settings=self.config.context,
             layout=self.layout,

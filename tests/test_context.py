@@ -483,7 +483,7 @@ def test_appending_moves_the_start_only_forward_and_only_on_overflow(results, bu
         story.add_candidates([Candidate(text="y" * size or "z")])
         ctx = build(story, enc, budget=budget, settings=cs, layout=PLAIN, start=start)
         start = ctx.start
-        segments = [len(PLAIN.turn(t.action, t.result)) for t in story.path()]
+        segments = [len("".join(PLAIN.turn(t.action, t.result))) for t in story.path()]
         room = budget - len("You are a knight.")
         if sum(segments[previous:]) <= room:
             assert start == previous

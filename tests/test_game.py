@@ -541,3 +541,19 @@ def test_ctrl_c_while_rendering_stops_cleanly(game: Game, monkeypatch: pytest.Mo
     monkeypatch.setattr(game, "_stop_rule", stop_and_collect)
     assert "result" in kinds(run(game, "/retry"))
     assert game.story.last is last and last.result
+
+
+def test_the_next_turn_reuses_the_models_own_ids_for_the_last_result(loaded: Any, trained_model_dir: Path) -> None:
+    """A shown result is fed back as the ids the model generated, so the next prompt only
+    prefills the new action (plus at most the last sampled token, which was never fed)."""
+    game = make_game(loaded, trained_model_dir, seed=3)
+    checked = 0
+    for line in ("look around", "open the door", "walk north", "light the torch", "listen"):
+        before = game.story.last.result if game.story.last else ""
+        known = before in game._known_ids
+        play(game, line)
+        head = game.engine.encode(game.layout.turn(game.story.last.action, "")[0])
+        if known:
+            assert game.last_generation.prefill_tokens <= len(head) + 1
+            checked += 1
+    assert checked >= 2
