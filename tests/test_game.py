@@ -557,3 +557,16 @@ def test_the_next_turn_reuses_the_models_own_ids_for_the_last_result(loaded: Any
             assert game.last_generation.prefill_tokens <= len(head) + 1
             checked += 1
     assert checked >= 2
+
+
+def test_a_result_keeps_the_exact_ids_the_model_sampled(loaded: Any, trained_model_dir: Path) -> None:
+    """Ids that are not the tokenizer's own split of the text (here one token per character)
+    are what the cache holds, so they are what the context must feed back."""
+    game = make_game(loaded, trained_model_dir)
+    text = "The goblin snarls."
+    per_character = [loaded.tokenizer.convert_tokens_to_ids(c) for c in "The"]
+    sampled = per_character + game.engine.encode(" goblin snarls.") + game.engine.encode(" It")
+    assert game.engine.decode(sampled[:-1]) == text and sampled[:-1] != game.engine.encode(text)
+    game._remember_ids(text, sampled)
+    assert game._encode(text) == sampled[:-1]
+    assert game._encode("Something else.") == game.engine.encode("Something else.")
