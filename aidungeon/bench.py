@@ -106,7 +106,7 @@ def speed_bench(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
     normal = play_session(loaded, config, turns, reuse_cache=True, raw=raw)
     naive = play_session(loaded, config, turns, reuse_cache=False, raw=raw)
     bandwidth = read_bandwidth(loaded.device)
-    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    weight_bytes = decode_weight_bytes(loaded.model)
     return summarize(loaded, normal, naive, weight_bytes=weight_bytes, bandwidth=bandwidth, startup_s=startup_s)
 
 
@@ -162,6 +162,17 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
                 )
             )
     return records
+
+
+def decode_weight_bytes(model: Any) -> int:
+    """Bytes of weights one decode step reads: every parameter, except that an input embedding
+    table not doubling as the LM head is only looked up (one row), not read whole."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    table = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if getattr(head, "weight", None) is not table:
+        total -= table.numel() * table.element_size()
+    return total
 
 
 def read_bandwidth(device: str, size_mb: int = 256, repeats: int = 5) -> float:

@@ -60,3 +60,16 @@ def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pyt
     # The guard never shows a player turn or a cut-off sentence.
     assert results["guard"]["hallucinated_player_turns"] == 0
     assert results["guard"]["fragments"] == 0
+
+
+def test_decode_reads_the_head_once_whether_tied_or_transposed() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from aidungeon.bench import decode_weight_bytes
+    from aidungeon.model.engine import speed_up_head
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    every = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert decode_weight_bytes(model) == every  # the tied table is the head: read whole, once
+    speed_up_head(model)
+    assert decode_weight_bytes(model) == every  # the copy is read, the table only looked up
