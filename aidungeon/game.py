@@ -306,18 +306,18 @@ class Game:
         return list(known) if known is not None else self.engine.encode(text)
 
     def _remember_ids(self, text: str, ids: list[int]) -> None:
-        """Find the prefix of the generated ids that decodes to the shown text (as the layout
-        will place it, with or without a leading space) and remember it."""
+        """Remember how to feed the shown text back: the longest prefix of the generated ids
+        that decodes to a prefix of it (as the layout places it, with or without a leading
+        space), then the rest tokenized afresh. Cleanup often changes only the end of a result."""
         decode = getattr(self.engine, "decode", None)
         if decode is None or not ids:
             return
-        full = decode(ids)
         for variant in (text, " " + text):
-            if not full.startswith(variant):
-                continue
             for end in range(len(ids), 0, -1):
-                if decode(ids[:end]) == variant:
-                    self._known_ids[variant] = tuple(ids[:end])
+                prefix = decode(ids[:end])
+                if variant.startswith(prefix):
+                    rest = variant[len(prefix) :]
+                    self._known_ids[variant] = (*ids[:end], *(self.engine.encode(rest) if rest else ()))
                     break
         while len(self._known_ids) > KNOWN_IDS_KEPT:
             self._known_ids.pop(next(iter(self._known_ids)))

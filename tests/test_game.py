@@ -570,3 +570,13 @@ def test_a_result_keeps_the_exact_ids_the_model_sampled(loaded: Any, trained_mod
     game._remember_ids(text, sampled)
     assert game._encode(text) == sampled[:-1]
     assert game._encode("Something else.") == game.engine.encode("Something else.")
+
+
+def test_a_result_cut_by_cleanup_keeps_the_ids_of_its_unchanged_start(loaded: Any, trained_model_dir: Path) -> None:
+    game = make_game(loaded, trained_model_dir)
+    start = [loaded.tokenizer.convert_tokens_to_ids(c) for c in "The"] + game.engine.encode(" goblin snarls")
+    sampled = start + game.engine.encode(" loudly and")
+    game._remember_ids("The goblin snarls.", sampled)
+    fed = game._encode("The goblin snarls.")
+    assert fed[: len(start)] == start
+    assert game.engine.decode(fed) == "The goblin snarls."
