@@ -327,8 +327,8 @@ class Game:
         return [t.result for t in self.story.path()[:-1] if t.result][-RECENT_RESULTS:]
 
     def _clean(self, text: str, recent: list[str]) -> str:
-        if self.rules == "raw":
-            return text.strip()
+        if self.rules == "raw":  # exactly as generated (whitespace too), so it reads back as the same ids
+            return text if text.strip() else ""
         if self.rules == "baseline":
             return cleanup.aidungeon2_rules(text)
         return cleanup.pipeline(text, recent=recent, player_name=self.story.player_name or None)
