@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from aidungeon import prompts, saves
+from aidungeon import __version__, prompts, saves
 from aidungeon.errors import SaveError
 from aidungeon.game import Event
 from aidungeon.paths import Paths
@@ -51,6 +51,8 @@ def load_start(paths: Paths, name: str) -> StartChoice:
 
 
 def _menu(settings: list[prompts.Setting], paths: Paths, terminal: Terminal) -> StartChoice:
+    terminal.renderer.console.print(f"[bold]aidungeon {__version__}[/bold]: an AI text adventure. Anything goes.")
+    terminal.renderer.show(Event("info", "Type a number or a name. Inside the game, /help lists the commands."))
     options = [(s.id, f"{s.title} - {s.description}") for s in settings]
     options.append(("custom", "Custom - write your own opening"))
     if saves.list_saves(paths.saves_dir):
