@@ -4,14 +4,14 @@ On a terminal, input is a prompt_toolkit session with history kept across sessio
 completion of commands and setting names, Alt-Enter for a new line, and a status bar.
 When stdin is not a terminal (a pipe, a test), lines are read plainly so the game is still
 playable. Ctrl-C during a generation stops it and leaves the story as it was; Ctrl-C at the
-prompt prints a hint; Ctrl-D saves and quits. The start menu lives here too.
+prompt prints a hint; Ctrl-D saves and quits. The start menu is in `menu.py`.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
@@ -35,8 +35,6 @@ from aidungeon.config import Config
 from aidungeon.game import Event, Game
 from aidungeon.ui.render import Renderer
 
-Reader = Callable[[str], str]
-
 
 class _CommandCompleter(Completer):
     """Commands, then their arguments (/set KEY, /world add, ...).
@@ -59,10 +57,6 @@ class _CommandCompleter(Completer):
         return self._commands.get_completions(document, complete_event)
 
 
-def _completer() -> Completer:
-    return _CommandCompleter()
-
-
 def _bindings() -> KeyBindings:
     bindings = KeyBindings()
 
@@ -83,7 +77,7 @@ class Terminal:
         self.interactive = interactive
         self.status = ""
         self._session: PromptSession[str] | None = None
-        self._completer = _completer()
+        self._completer: Completer = _CommandCompleter()
         if interactive:
             if history is not None:
                 history.parent.mkdir(parents=True, exist_ok=True)
