@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -138,6 +139,8 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         interactive=sys.stdin.isatty() and console.is_terminal,
         no_color=args.no_color,
     )
+    # With --load the save names the model, so nothing is loaded before it is read.
+    early = None if args.load is not None else EarlyLoad.start(config, args.model or config.app.model, paths)
     start = choose_start(args, paths, terminal)
     if start.save is not None:
         from aidungeon.game import settings_from_save
@@ -145,9 +148,10 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         config = settings_from_save(config, start.save)
         if args.seed is not None:
             config = config.with_value("seed", args.seed)
-    spec = args.model or (start.save.model if start.save else "") or config.app.model
-    spec = _absolute_if_local(spec)
-    loaded = _load_model(config, spec, paths, console)
+    spec = _absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
+    loaded = early.result(spec, console) if early else None
+    if loaded is None:
+        loaded = _load_model(config, spec, paths, console)
     from aidungeon.context import layout_for
     from aidungeon.model.engine import Engine
 
@@ -166,6 +170,53 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         renderer.show(Event("info", warning))
     logging.getLogger(__name__).info("ready in %.2f s", time.perf_counter() - PROCESS_START)
     return play(game, terminal)
+
+
+class EarlyLoad:
+    """Loads the model in the background while the player is in the start menu, so the story
+    starts as soon as they have picked.
+
+    Only a model already on disk is loaded early: a first-time fetch shows its progress in
+    the foreground instead. If the player then loads a save made with another model from the
+    menu, the early one is not used.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.loaded: Any = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, config: Config, spec: str, paths: Paths) -> EarlyLoad | None:
+        from aidungeon.model.loader import PRESETS, is_present
+
+        preset = PRESETS.get(spec.strip().lower())
+        if preset is not None and not is_present(preset, paths):
+            return None
+        early = cls(_absolute_if_local(spec))
+        early._thread = threading.Thread(target=early._load, args=(config, paths), name="model-load", daemon=True)
+        early._thread.start()
+        return early
+
+    def _load(self, config: Config, paths: Paths) -> None:
+        from aidungeon.model.loader import load_model
+
+        try:
+            self.loaded = load_model(self.spec, paths, device=config.app.device, dtype=config.app.dtype)
+        except Exception as err:  # handed to the main thread, which shows it as one line
+            self.error = err
+
+    def result(self, spec: str, console: Any) -> Any:
+        """The early model if it is the one wanted (waiting for it with a spinner), else None."""
+        if spec != self.spec:
+            return None
+        if self._thread is not None and self._thread.is_alive():
+            with console.status("Loading the model"):
+                self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.loaded
 
 
 def _absolute_if_local(spec: str) -> str:
