@@ -95,17 +95,6 @@ class Event:
 
 
 @dataclass
-class TurnStats:
-    """What the last turn cost, for the status line."""
-
-    tokens_used: int = 0
-    budget: int = 0
-    tok_s: float = 0.0
-    ttft_s: float = 0.0
-    cache_hit: bool = False
-
-
-@dataclass
 class Game:
     """A running adventure: the story, its settings, the engine, and where it is saved."""
 
@@ -126,7 +115,8 @@ class Game:
     # Shown results -> the ids the model generated for them (see `_encode`).
     _known_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _draft_ids: dict[str, list[int]] = field(default_factory=dict)
-    last: TurnStats = field(default_factory=TurnStats)
+    # What the last generation saw and cost, for the status line and the benchmark.
+    last_context: Context | None = None
     last_generation: Any = None
     _start: int = 0
     _rng: random.Random = field(default_factory=random.SystemRandom)
@@ -353,16 +343,8 @@ class Game:
         return (base * 1_000_003 + depth * 7919 + tries * 131 + attempt) % 2**31
 
     def _record_stats(self, context: Context, stats: Any) -> None:
+        self.last_context = context
         self.last_generation = stats
-        self.last = TurnStats(
-            tokens_used=context.tokens,
-            budget=context.budget,
-            tok_s=stats.decode_tok_s,
-            ttft_s=stats.ttft_s,
-            cache_hit=stats.cache_hit,
-        )
-
-    # -- context and settings --------------------------------------------------------------
 
     def budget(self) -> int:
         window = self.config.context.context_tokens or self.engine.window

@@ -190,14 +190,14 @@ def _loop_events(game: Game, terminal: Terminal, events: Iterator[Event]) -> boo
 
 def status_line(game: Game) -> str:
     """model · device · tokens used of the budget · speed of the last turn."""
-    stats = game.last
+    context, stats = game.last_context, game.last_generation
     device = getattr(game.engine.device, "type", str(game.engine.device))
     # A model given as a folder or file shows its name, not the whole path (it has to fit one line).
     model = Path(game.model_name).name if "/" in game.model_name or "\\" in game.model_name else game.model_name
     parts = [model, device]
-    if stats.budget:
-        parts.append(f"{stats.tokens_used}/{stats.budget} tokens")
-    if stats.tok_s:
-        parts.append(f"{stats.tok_s:.1f} tok/s")
+    if context is not None:
+        parts.append(f"{context.tokens}/{context.budget} tokens")
+    if stats is not None and stats.decode_tok_s:
+        parts.append(f"{stats.decode_tok_s:.1f} tok/s")
     parts.append(f"save: {game.save_name}")
     return " · ".join(parts)
