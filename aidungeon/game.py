@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 # How many times an empty or unusable result is regenerated before the player is told.
 MAX_ATTEMPTS = 3
-# How many generated results keep their model ids for the context (a few turns' worth).
-KNOWN_IDS_KEPT = 64
+# How many texts keep their ids for the context: a full window's parts, with room to spare.
+KNOWN_IDS_KEPT = 512
 # How many recent results cleanup and the drift guard compare a new result with.
 RECENT_RESULTS = 6
 
@@ -112,7 +112,7 @@ class Game:
     reuse_cache: bool = True
     rules: str = "guard"
     last_ranked: list[Scored] = field(default_factory=list)
-    # Shown results -> the ids the model generated for them (see `_encode`).
+    # Text -> ids for the context: every part tokenized once, shown results as the model's own ids.
     _known_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _draft_ids: dict[str, list[int]] = field(default_factory=dict)
     # What the last generation saw and cost, for the status line and the benchmark.
@@ -286,14 +286,19 @@ class Game:
         )
 
     def _encode(self, text: str) -> list[int]:
-        """Tokenize for the context, reusing the model's own ids for a result it generated.
+        """Tokenize for the context, each text once, and a result as the model's own ids.
 
-        Cleaned text, tokenized afresh, often differs from the ids the model sampled (cuts,
-        non-canonical merges), which would end the cached prefix at the previous result. The
-        model's ids decode to exactly this text, so the model sees the same story either way.
+        The window is rebuilt every turn from the same parts, so their ids are kept rather
+        than tokenized again. A result is kept as the ids the model generated: cleaned text,
+        tokenized afresh, often differs from them (cuts, non-canonical merges), which would end
+        the cached prefix at the previous result. Those ids decode to exactly this text, so the
+        model sees the same story either way.
         """
         known = self._known_ids.get(text)
-        return list(known) if known is not None else self.engine.encode(text)
+        if known is None:
+            known = self._known_ids[text] = tuple(self.engine.encode(text))
+            self._forget_oldest_ids()
+        return list(known)
 
     def _remember_ids(self, text: str, ids: list[int]) -> None:
         """Remember how to feed the shown text back: the longest prefix of the generated ids
@@ -307,8 +312,12 @@ class Game:
                 prefix = decode(ids[:end])
                 if variant.startswith(prefix):
                     rest = variant[len(prefix) :]
+                    self._known_ids.pop(variant, None)  # re-inserted last, so it is forgotten last
                     self._known_ids[variant] = (*ids[:end], *(self.engine.encode(rest) if rest else ()))
                     break
+        self._forget_oldest_ids()
+
+    def _forget_oldest_ids(self) -> None:
         while len(self._known_ids) > KNOWN_IDS_KEPT:
             self._known_ids.pop(next(iter(self._known_ids)))
 
