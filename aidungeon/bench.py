@@ -125,7 +125,6 @@ def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
 
 def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, raw: bool) -> list[TurnRecord]:
     """Play the scripted actions; `raw` keeps uncleaned text (random weights write noise)."""
-    from aidungeon.context import layout_for
     from aidungeon.game import Game
     from aidungeon.model.engine import Engine
     from aidungeon.story import Story
@@ -139,7 +138,7 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
             paths=default_paths({"AIDUNGEON_HOME": home}),
             save_name="bench",
             model_name=loaded.name,
-            layout=layout_for(getattr(loaded.tokenizer, "chat_template", None)),
+            layout=loaded.layout,
             reuse_cache=reuse_cache,
             rules="raw" if raw else "guard",
         )

@@ -79,7 +79,6 @@ def play_adventure(
 ) -> Tally:
     """One scripted adventure: the opening's continuation, then `turns - 1` actions."""
     from aidungeon import prompts
-    from aidungeon.context import layout_for
     from aidungeon.game import Game
     from aidungeon.model.engine import Engine
 
@@ -96,7 +95,7 @@ def play_adventure(
             paths=default_paths({"AIDUNGEON_HOME": home}),
             save_name="coherence",
             model_name=loaded.name,
-            layout=layout_for(getattr(loaded.tokenizer, "chat_template", None)),
+            layout=loaded.layout,
             rules=rules,
         )
         lines = [""] + [actions[i % len(actions)] for i in range(turns - 1)]

@@ -152,7 +152,6 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     loaded = early.result(spec, console) if early else None
     if loaded is None:
         loaded = _load_model(config, spec, paths, console)
-    from aidungeon.context import layout_for
     from aidungeon.model.engine import Engine
 
     engine = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
@@ -164,7 +163,7 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         paths=paths,
         save_name=name,
         model_name=spec,
-        layout=layout_for(getattr(loaded.tokenizer, "chat_template", None)),
+        layout=loaded.layout,
     )
     for warning in start.warnings:
         renderer.show(Event("info", warning))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aidungeon.context import Layout, layout_for
 from aidungeon.errors import ModelError, OutOfMemoryError
 from aidungeon.model.provision import SMOLLM2, ProgressFn, WheelSource, convert_gguf, is_converted, no_progress
 from aidungeon.paths import Paths
@@ -72,6 +73,11 @@ class LoadedModel:
     dtype: str
     window: int
     folder: Path
+
+    @property
+    def layout(self) -> Layout:
+        """How the story reads to this model: a chat for ChatML models, plain text otherwise."""
+        return layout_for(getattr(self.tokenizer, "chat_template", None))
 
 
 def choose_device(requested: str) -> str:
