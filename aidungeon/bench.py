@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--dense", action="store_true", help="keep 4-bit grid layers dense (to measure repacking)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -90,7 +91,7 @@ def speed_bench(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
     from aidungeon.model.loader import load_model
 
     spec = _model_spec(args, paths)
-    loaded = load_model(spec, paths, device=args.device, dtype=args.dtype)
+    loaded = load_model(spec, paths, device=args.device, dtype=args.dtype, repack=not args.dense)
     startup_s = time.time() - process_start_time()
     turns = args.turns or 20
     config = (
@@ -164,9 +165,11 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
 
 
 def decode_weight_bytes(model: Any) -> int:
-    """Bytes of weights one decode step reads: every parameter, except that an input embedding
-    table not doubling as the LM head is only looked up (one row), not read whole."""
+    """Bytes of weights one decode step reads: every parameter and every 4-bit layer's packed
+    codes, except that an input embedding table not doubling as the LM head is only looked up
+    (one row), not read whole."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(m.decode_bytes() for m in model.modules() if hasattr(m, "decode_bytes"))
     table = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     if getattr(head, "weight", None) is not table:
@@ -214,6 +217,7 @@ def summarize(
         "model": loaded.name,
         "device": loaded.device,
         "dtype": loaded.dtype,
+        "packed_layers": loaded.packed_layers,
         "machine": machine_description(loaded.device),
         "turns": len(normal),
         "median_ttft_s": median(normal, "ttft_s"),
@@ -240,7 +244,8 @@ def summarize(
 def print_speed(results: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    console.print(f"{results['model']} on {results['device']} ({results['dtype']}), {results['machine']}")
+    packed = f", {results['packed_layers']} layers in 4 bits" if results["packed_layers"] else ""
+    console.print(f"{results['model']} on {results['device']} ({results['dtype']}{packed}), {results['machine']}")
     table = Table(title=f"Per turn, {results['turns']} turns")
     for column in ("turn", "ttft s", "turn s", "prefill tokens", "cache hit", "decode tok/s"):
         table.add_column(column, justify="right")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aidungeon.config import Sampling
-from aidungeon.model.engine import Engine, GenerationStats, common_prefix
+from aidungeon.model.engine import CACHE_CHUNK, STATIC_CACHE_CROPS, Engine, GenerationStats, common_prefix
 from aidungeon.model.loader import load_model
 from aidungeon.model.sampling import MIN_NEW_TOKENS
 from aidungeon.paths import default_paths
@@ -45,7 +45,7 @@ def prefill(engine: Engine, ids: list[int], n: int = 1) -> tuple[torch.Tensor, G
     """Run the engine's prefill alone (as `generate` does) and return its logits and stats."""
     stats = GenerationStats(prompt_tokens=len(ids))
     with torch.inference_mode():
-        logits = engine._prefill(ids, n, True, stats)
+        logits = engine._prefill(ids, n, True, stats, room=GREEDY.max_new_tokens)
     return logits, stats
 
 
@@ -445,3 +445,27 @@ def test_the_head_is_transposed_only_for_fp32_on_the_cpu() -> None:
     bf16 = GPT2LMHeadModel(config).to(torch.bfloat16)
     speed_up_head(bf16)
     assert isinstance(bf16.get_output_embeddings(), torch.nn.Linear)
+
+
+# -- static cache capacity ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not STATIC_CACHE_CROPS, reason="this transformers cannot crop a static cache")
+def test_static_cache_is_sized_in_chunks_and_grows_by_copy(engine, prompt) -> None:
+    engine.eos_ids = set()
+    engine.generate(prompt, GREEDY).run()
+    assert engine._cache.get_max_length() == CACHE_CHUNK
+    story = (prompt + engine.encode(" The goblin laughs at you and runs into the dark hall.")) * 12
+    assert len(story) > CACHE_CHUNK
+    # A longer story that starts with the cached tokens keeps them: the cache grows, it is not refilled.
+    longer = prompt + story[: CACHE_CHUNK + 40 - len(prompt)]
+    shared = common_prefix(engine._cached_rows[0], longer)
+    assert shared >= len(prompt)
+    assert_cache_is_exact(engine, longer, shared)
+    assert engine._cache.get_max_length() == 2 * CACHE_CHUNK
+
+
+def test_static_cache_never_exceeds_the_window(loaded) -> None:
+    engine = Engine(loaded.model, loaded.tokenizer, window=300)
+    assert engine._capacity(1) == CACHE_CHUNK
+    assert engine._capacity(CACHE_CHUNK + 1) == 300

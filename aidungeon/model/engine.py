@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # transformers before 5.2x cannot crop a static cache; there the engine uses a growing one.
 STATIC_CACHE_CROPS = hasattr(StaticLayer, "crop")
 
+# Static caches grow by this many tokens at a time (see Engine._capacity).
+CACHE_CHUNK = 256
+
 # Given the text generated so far, where to cut it (a stop rule fired) or None to go on.
 StopRule = Callable[[str], "int | None"]
 
@@ -229,7 +232,7 @@ class Engine:
         self._owner = generation
         try:
             with torch.inference_mode():
-                logits = self._prefill(prompt_ids, n, reuse_cache, stats)
+                logits = self._prefill(prompt_ids, n, reuse_cache, stats, room=sampling.max_new_tokens)
             yield from self._decode(generation, logits, prompt_ids, rows, sampling, stop, seed, stats, start)
         except torch.OutOfMemoryError as err:
             self._release(generation)
@@ -248,18 +251,24 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _prefill(self, prompt_ids: list[int], n: int, reuse_cache: bool, stats: GenerationStats) -> torch.Tensor:
-        """Run the part of the prompt the cache does not hold; return the last position's logits."""
+    def _prefill(
+        self, prompt_ids: list[int], n: int, reuse_cache: bool, stats: GenerationStats, *, room: int
+    ) -> torch.Tensor:
+        """Run the part of the prompt the cache does not hold; return the last position's logits.
+        `room` is how many tokens the cache must take after the prompt."""
         fan_out = n > 1 and isinstance(self._cache, StaticCache)
         reused = self._reuse(prompt_ids) if reuse_cache and not fan_out else 0
+        capacity = self._capacity(len(prompt_ids) + room)
         if reused == 0:
-            self._cache = self._new_cache(n)
+            self._cache = self._new_cache(n, capacity)
         # The model must see at least one token to give the next token's logits.
         reused = min(reused, len(prompt_ids) - 1)
         assert self._cache is not None
         surplus = int(self._cache.get_seq_length()) - reused
         if surplus > 0:
             self._cache.crop(-surplus)
+        if isinstance(self._cache, StaticCache) and self._cache.get_max_length() < capacity:
+            self._cache = self._grown(self._cache, capacity)
         stats.reused_tokens = reused
         new = torch.tensor([prompt_ids[reused:]], device=self.device)
         out = self.model(input_ids=new, use_cache=True, logits_to_keep=1, **{self._cache_arg: self._cache})
@@ -270,10 +279,27 @@ class Engine:
         self._cached_rows = [list(prompt_ids) for _ in range(n)]
         return logits
 
-    def _new_cache(self, n: int) -> DynamicCache | StaticCache:
+    def _capacity(self, needed: int) -> int:
+        """A static cache's length: what the prompt and its new tokens need, in whole chunks.
+
+        Attention reads the whole static cache every step, used or not: a 2048-slot cache under
+        a 900-token story cost SmolLM2 4 ms of every 28 ms decode step. Chunks keep the story's
+        growth from reallocating it every turn."""
+        return min(self.window, -(-needed // CACHE_CHUNK) * CACHE_CHUNK)
+
+    def _new_cache(self, n: int, capacity: int) -> DynamicCache | StaticCache:
         if self.static_cache and n == 1 and STATIC_CACHE_CROPS:
-            return StaticCache(config=self.model.config, max_cache_len=self.window)
+            return StaticCache(config=self.model.config, max_cache_len=capacity)
         return DynamicCache(config=self.model.config)
+
+    def _grown(self, cache: StaticCache, capacity: int) -> StaticCache:
+        """A longer static cache holding what `cache` holds, so growth costs a copy, not a prefill."""
+        grown = StaticCache(config=self.model.config, max_cache_len=capacity)
+        length = int(cache.get_seq_length())
+        for index, layer in enumerate(cache.layers):
+            if length:
+                grown.update(layer.keys[:, :, :length], layer.values[:, :, :length], index)
+        return grown
 
     def _reuse(self, prompt_ids: list[int]) -> int:
         """Keep the cached row sharing the longest prefix with the prompt; return that length."""

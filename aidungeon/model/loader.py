@@ -73,6 +73,13 @@ class LoadedModel:
     dtype: str
     window: int
     folder: Path
+    # Linear layers stored as 4-bit groups (model/quant.py): only where that loses nothing.
+    packed_layers: int = 0
+
+    @property
+    def precision(self) -> str:
+        """The dtype, and the 4-bit layers when there are any: what the status shows."""
+        return f"{self.dtype}, 4-bit weights" if self.packed_layers else self.dtype
 
     @property
     def layout(self) -> Layout:
@@ -245,8 +252,10 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     progress: ProgressFn = no_progress,
+    repack: bool = True,
 ) -> LoadedModel:
-    """Resolve, check and load a model for play."""
+    """Resolve, check and load a model for play. `repack=False` keeps 4-bit grid layers dense
+    (the benchmark measures what repacking buys)."""
     name, folder = resolve(spec, paths, progress=progress)
     device = choose_device(device)
     dtype = choose_dtype(dtype, device, PRESETS.get(name))
@@ -256,16 +265,23 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from aidungeon.model.quant import int4_supported, repack_4bit
+
     hf_logging.disable_progress_bar()
+    repack = repack and device == "cpu" and dtype == "bfloat16" and int4_supported()
+    # fp16 weights keep a 4-bit grid exact where bf16 rounding would move them off it.
+    load_dtype = "float16" if repack and _stored_dtype(folder) == "float16" else dtype
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, load_dtype), local_files_only=True)
     except torch.OutOfMemoryError as err:
         raise OutOfMemoryError(f"{name} does not fit on the {device}; try --device cpu or a smaller model") from err
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"could not load {name} from {folder}: {err}") from None
-    model.to(device).eval()
-    return LoadedModel(name, model, tokenizer, device, dtype, _window(model, tokenizer, PRESETS.get(name)), folder)
+    packed = repack_4bit(model, torch.bfloat16) if repack else 0
+    model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    window = _window(model, tokenizer, PRESETS.get(name))
+    return LoadedModel(name, model, tokenizer, device, dtype, window, folder, packed_layers=packed)
 
 
 def _window(model: Any, tokenizer: Any, preset: Preset | None) -> int:

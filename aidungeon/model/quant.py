@@ -1,0 +1,131 @@
+"""4-bit weights for CPU decoding, used only where they lose nothing.
+
+Decoding one token reads every weight once, and on the CPU that read, not arithmetic, is what
+each matrix-vector product waits for. Models converted from a 4-bit GGUF (the default model
+ships as Q4_1) hold weights that lie on a 4-bit grid: in each group of 32 inputs, every value
+is `min + step * q` with q in 0..15. Such a layer can be stored as those 4-bit codes, a step and
+a minimum per group, and multiplied by torch's int4 CPU kernel (`_weight_int4pack_mm_for_cpu`),
+reading a quarter of the bytes of bf16 for exactly the same weights (to fp16 rounding).
+
+A layer whose weights are not on such a grid is left as it is: this module never trades
+quality for speed. The kernel is fast for a few rows (decoding) but slower than a bf16 product
+for many (prefilling the story), so long inputs dequantize the layer's codes and use an
+ordinary product. Measured in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+GROUP = 32
+LEVELS = 15
+# A weight further than this fraction of its group's step from the grid means the layer was
+# not 4-bit quantized; fp16 rounding of grid weights stays below 0.01 (measured 0.008).
+GRID_TOLERANCE = 0.05
+SAMPLE_ROWS = 64
+# Up to this many rows the int4 kernel beats dequantize-then-multiply in bf16 (RESULTS.md).
+KERNEL_MAX_ROWS = 32
+
+
+def int4_supported() -> bool:
+    """Whether this torch has the CPU int4 kernel and its packing function."""
+    return hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
+
+
+def fit_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The 4-bit codes (out, in), steps and minimums (out, in/32) of a weight on a 4-bit group
+    grid, or None when it is not on one (or its input size is not a multiple of 32)."""
+    out_features, in_features = weight.shape
+    if in_features % GROUP:
+        return None
+    # Most layers of most models are not on a grid: a few rows tell, without a full-size copy.
+    if out_features > SAMPLE_ROWS and fit_grid(weight[:SAMPLE_ROWS]) is None:
+        return None
+    groups = weight.float().reshape(out_features, in_features // GROUP, GROUP)
+    lowest = groups.amin(dim=-1)
+    step = (groups.amax(dim=-1) - lowest) / LEVELS
+    safe_step = torch.where(step > 0, step, torch.ones_like(step))
+    codes = torch.round((groups - lowest[..., None]) / safe_step[..., None]).clamp(0, LEVELS)
+    error = (codes * step[..., None] + lowest[..., None] - groups).abs() / safe_step[..., None]
+    if float(error.max()) > GRID_TOLERANCE:
+        return None
+    return codes.to(torch.uint8).reshape(out_features, in_features), step, lowest
+
+
+class Int4Linear(torch.nn.Module):
+    """A drop-in for a linear layer whose weights lie on a 4-bit group grid (see `fit_grid`)."""
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        step: torch.Tensor,
+        lowest: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        # The kernel's own layout, and its `(q - 8) * scale + zero` form of `min + step * q`.
+        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
+        scale_zero = torch.stack([step, lowest + 8 * step], dim=-1).transpose(0, 1).contiguous()
+        self.register_buffer("scale_zero", scale_zero.to(dtype))
+        # Two codes per byte for dequantizing: the kernel's layout is blocked and undocumented.
+        self.register_buffer("nibbles", codes[:, 0::2] | (codes[:, 1::2] << 4))
+        self.register_buffer("step", step.to(dtype))
+        self.register_buffer("lowest", lowest.to(dtype))
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight (out, in) in the layer's dtype."""
+        codes = torch.stack([self.nibbles & 15, self.nibbles >> 4], dim=-1).reshape(self.out_features, -1, GROUP)
+        weight = codes.to(self.step.dtype) * self.step[..., None] + self.lowest[..., None]
+        return weight.reshape(self.out_features, self.in_features)
+
+    def decode_bytes(self) -> int:
+        """Bytes one decoding step reads: the packed codes and their scales (not the nibbles)."""
+        return sum(t.numel() * t.element_size() for t in (self.packed, self.scale_zero))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).to(self.step.dtype)
+        if rows.shape[0] <= KERNEL_MAX_ROWS:
+            out = torch._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scale_zero)
+        else:
+            out = torch.nn.functional.linear(rows, self.dequantized())
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _weight_out_in(module: torch.nn.Module) -> torch.Tensor | None:
+    """A linear layer's weight as (out, in): nn.Linear, or transformers' Conv1D (GPT-2), which
+    stores it as (in, out)."""
+    if type(module) is torch.nn.Linear:
+        return module.weight.detach()
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        return module.weight.detach().t()
+    return None
+
+
+def repack_4bit(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Replace each linear layer whose weights lie on a 4-bit group grid with an `Int4Linear`
+    computing in `dtype`; return how many were replaced. Call it before casting the model to
+    a lower precision, or bf16 rounding moves the weights off their grid."""
+    if not int4_supported():
+        return 0
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            weight = _weight_out_in(child)
+            fitted = None if weight is None else fit_grid(weight)
+            if fitted is not None:
+                setattr(parent, name, Int4Linear(*fitted, getattr(child, "bias", None), dtype))
+                replaced += 1
+    log.info("repacked %d linear layers into 4-bit groups", replaced)
+    return replaced
