@@ -67,3 +67,29 @@ def test_three_turns_on_the_default_model(default_model) -> None:
         assert text.strip()
         assert "\n>" not in text and not text.lstrip().startswith(">")
     assert len(game.story.path()) == 4
+
+
+def test_repacked_default_model_picks_the_same_next_tokens_as_fp32(default_model) -> None:
+    """The CPU runs the default model with its 4-bit layers repacked (when it has native bf16):
+    it must still pick fp32's next token almost everywhere (dense bf16 alone: 97-98%)."""
+    import torch
+
+    if default_model.packed_layers == 0:
+        pytest.skip(f"this CPU runs the default model as {default_model.precision}: nothing repacked to compare")
+    reference = load_model("smollm2-135m", default_paths({"AIDUNGEON_HOME": str(CACHE_HOME)}), dtype="float32")
+    settings, _ = load_settings()
+    text = "\n\n".join(c.opening for s in settings for c in s.characters)
+    ids = default_model.tokenizer(text, return_tensors="pt").input_ids[:, :400]
+    with torch.inference_mode():
+        expected = reference.model(input_ids=ids).logits.argmax(-1)
+        # One token at a time through the engine's cache: the decoding path, the int4 kernel's.
+        engine = Engine(default_model.model, default_model.tokenizer, window=default_model.window)
+        cache = engine._new_cache(1, default_model.window)
+        picks = []
+        for position in range(ids.shape[1]):
+            step = ids[:, position : position + 1]
+            out = default_model.model(input_ids=step, use_cache=True, **{engine._cache_arg: cache})
+            picks.append(out.logits[:, -1].argmax(-1))
+    agreement = (torch.stack(picks, dim=1) == expected).float().mean().item()
+    print(f"top-1 agreement with fp32: {agreement:.4f}")
+    assert agreement >= 0.95, f"top-1 agreement with fp32 is {agreement:.3f}"
