@@ -71,6 +71,8 @@ class TurnRecord:
     prefill_tokens: int
     cache_hit: bool
     decode_tok_s: float
+    # Every attempt gave unusable text (the game said so); its time is still a real turn's.
+    stalled: bool = False
 
 
 def run_bench(args: argparse.Namespace, paths: Paths, console: Any) -> int:
@@ -126,7 +128,7 @@ def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
 
 def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, raw: bool) -> list[TurnRecord]:
     """Play the scripted actions; `raw` keeps uncleaned text (random weights write noise)."""
-    from aidungeon.game import Game
+    from aidungeon.game import STALLED, Game
     from aidungeon.model.engine import Engine
     from aidungeon.story import Story
 
@@ -148,9 +150,9 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
             start = time.perf_counter()
             events = list(game.handle(ACTIONS[number % len(ACTIONS)]))
             elapsed = time.perf_counter() - start
-            errors = [e.text for e in events if e.kind == "error"]
-            if errors:
-                raise RuntimeError(f"bench turn {number + 1} failed: {errors[0]}")
+            errors = [e for e in events if e.kind == "error"]
+            if any(e.data != STALLED for e in errors):
+                raise RuntimeError(f"bench turn {number + 1} failed: {errors[0].text}")
             stats = game.last_generation
             records.append(
                 TurnRecord(
@@ -159,6 +161,7 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
                     prefill_tokens=stats.prefill_tokens,
                     cache_hit=stats.cache_hit,
                     decode_tok_s=stats.decode_tok_s,
+                    stalled=bool(errors),
                 )
             )
     return records
@@ -227,6 +230,7 @@ def summarize(
         "ttft_ratio": median(normal, "ttft_s") / median(naive, "ttft_s"),
         "turn_ratio": median(normal, "turn_s") / median(naive, "turn_s"),
         "cache_hit_ratio": sum(r.cache_hit for r in normal) / len(normal),
+        "stalled_turns": sum(r.stalled for r in normal),
         "median_prefill_tokens": median(normal, "prefill_tokens"),
         "naive_median_prefill_tokens": median(naive, "prefill_tokens"),
         "decode_tok_s": decode,
@@ -264,7 +268,7 @@ def print_speed(results: dict[str, Any], console: Any) -> None:
         f"(naive {results['naive_median_ttft_s']:.3f} s, ratio {results['ttft_ratio']:.3f})",
         f"median turn {results['median_turn_s']:.2f} s (naive {results['naive_median_turn_s']:.2f} s, "
         f"ratio {results['turn_ratio']:.3f})",
-        f"cache hits {results['cache_hit_ratio']:.0%}",
+        f"cache hits {results['cache_hit_ratio']:.0%}, stalled turns {results['stalled_turns']}",
         f"decode {results['decode_tok_s']:.1f} tok/s, bound {results['decode_bound_tok_s']:.1f} tok/s "
         f"({results['weight_mb']:.0f} MB of weights at {results['read_bandwidth_gb_s']:.1f} GB/s): "
         f"{results['decode_fraction_of_bound']:.2f} of the bound",

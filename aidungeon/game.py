@@ -77,6 +77,9 @@ class Table:
     footer: str = ""
 
 
+STALLED = "stalled"
+
+
 @dataclass(frozen=True)
 class Event:
     """Something for the player.
@@ -86,7 +89,8 @@ class Event:
     turn is being drawn again), "result" (the final text of a turn, which
     replaces the streamed preview), "info", "error", "text" (a block such as /help or /print),
     "table" (data is a Table), "edit" (the UI should let the player edit `text`, then send
-    `data` + the edited text), "quit".
+    `data` + the edited text), "quit". An "error" whose data is STALLED means every attempt at a
+    turn gave no usable text (the benchmark counts those rather than stopping).
     """
 
     kind: str
@@ -212,7 +216,9 @@ class Game:
             if replace_on_failure:
                 self.story.discard_last()
             yield Event(
-                "error", f"The story stalled: {MAX_ATTEMPTS} tries gave no usable text. Try another action or /set."
+                "error",
+                f"The story stalled: {MAX_ATTEMPTS} tries gave no usable text. Try another action or /set.",
+                STALLED,
             )
         finally:
             if not completed and replace_on_failure and self.story.last and not self.story.last.result:

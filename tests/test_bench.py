@@ -40,11 +40,15 @@ def test_speed_bench_reports_every_figure(trained_model_dir: Path) -> None:
     results = speed_bench(args, default_paths())
     assert results.keys() >= SPEED_KEYS
     assert results["turns"] == 4 and len(results["per_turn"]) == 4
-    # The first timed turn starts a fresh engine: a miss. Later ones reuse the cache.
-    hits = [turn["cache_hit"] for turn in results["per_turn"]]
-    assert hits[0] is False and all(hits[1:])
+    # The first timed turn starts a fresh engine: a miss. Later ones reuse the cache (and so
+    # does a stalled turn's last attempt, which is the one its figures describe).
+    first, *later = results["per_turn"]
+    assert first["cache_hit"] is first["stalled"]
+    assert all(turn["cache_hit"] for turn in later)
     assert results["median_prefill_tokens"] < results["naive_median_prefill_tokens"]
     assert results["decode_bound_tok_s"] > 0 and results["peak_rss_mb"] > 0 and results["startup_s"] > 0
+    # The tiny model's text often fails the guard: such turns are counted, not fatal.
+    assert results["stalled_turns"] == sum(turn["stalled"] for turn in results["per_turn"])
 
 
 def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

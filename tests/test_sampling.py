@@ -19,6 +19,7 @@ from aidungeon.model.sampling import (
     RangeRepetitionPenalty,
     VocabLimit,
     build_processors,
+    nucleus,
     sample_next,
 )
 
@@ -151,32 +152,17 @@ def test_greedy_has_no_warpers() -> None:
     assert (penalty.penalty, penalty.window, penalty.slope) == (1.15, 512, 0.7)
 
 
-def test_sampling_adds_temperature_top_k_top_p_in_order() -> None:
+def test_sampling_adds_temperature_last() -> None:
     sampling = Sampling(temperature=0.8, top_k=40, top_p=0.9)
     processors = build_processors(sampling, prompt_length=3, eos_ids=[0])
-    assert kinds(processors) == [
-        MinNewTokensLengthLogitsProcessor,
-        RangeRepetitionPenalty,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    ]
+    assert kinds(processors) == [MinNewTokensLengthLogitsProcessor, RangeRepetitionPenalty, TemperatureLogitsWarper]
     assert processors[2].temperature == 0.8
-    assert processors[3].top_k == 40
-    assert processors[4].top_p == 0.9
 
 
 @pytest.mark.parametrize(
     ("sampling", "expected"),
     [
-        (
-            Sampling(top_k=0, top_p=1.0),
-            [MinNewTokensLengthLogitsProcessor, RangeRepetitionPenalty, TemperatureLogitsWarper],
-        ),
-        (
-            Sampling(repetition_penalty=1.0),
-            [MinNewTokensLengthLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper],
-        ),
+        (Sampling(repetition_penalty=1.0), [MinNewTokensLengthLogitsProcessor, TemperatureLogitsWarper]),
         (Sampling(repetition_range=0, temperature=0), [MinNewTokensLengthLogitsProcessor]),
     ],
 )
@@ -219,7 +205,37 @@ def test_sample_next() -> None:
 
 def test_whole_number_temperature_is_accepted() -> None:
     processors = build_processors(Sampling(temperature=1), prompt_length=3, eos_ids=[0])
-    assert isinstance(processors[-1], TopPLogitsWarper)
+    assert isinstance(processors[-1], TemperatureLogitsWarper)
+
+
+def transformers_probs(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """What transformers' own warpers, then a softmax over the vocabulary, would sample from."""
+    warped = scores.clone()
+    if top_k > 0:
+        warped = TopKLogitsWarper(top_k)(ids([0]), warped)
+    if top_p < 1.0:
+        warped = TopPLogitsWarper(top_p)(ids([0]), warped)
+    return torch.softmax(warped, dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p"), [(40, 0.9), (0, 0.9), (40, 1.0), (0, 1.0), (5, 0.5), (1, 0.9), (300, 0.99), (40, 0.01)]
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nucleus_samples_from_the_same_distribution_as_transformers(top_k, top_p, seed) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn((3, 200), generator=generator) * 3
+    scores[:, 150:] = -math.inf  # banned ids (vocabulary limit, early end token) stay banned
+    probs, chosen = nucleus(scores, top_k=top_k, top_p=top_p)
+    ours = torch.zeros_like(scores).scatter(1, chosen, probs)
+    torch.testing.assert_close(ours, transformers_probs(scores, top_k, top_p), atol=1e-6, rtol=1e-5)
+
+
+def test_sample_next_picks_only_inside_the_nucleus() -> None:
+    scores = torch.tensor([[4.0, 3.9, 0.0, -1.0, 3.8, -2.0]])
+    generator = torch.Generator().manual_seed(0)
+    picks = {sample_next(scores, greedy=False, generator=generator, top_k=2, top_p=1.0).item() for _ in range(200)}
+    assert picks == {0, 1}
 
 
 # -- vocabulary limit --------------------------------------------------------------------------

@@ -349,7 +349,13 @@ class Engine:
             with torch.inference_mode():
                 raw = torch.log_softmax(logits, dim=-1)
                 scores = processors(history[:, :length], logits.clone())
-                tokens = sample_next(scores, greedy=sampling.temperature == 0, generator=generator)
+                tokens = sample_next(
+                    scores,
+                    greedy=sampling.temperature == 0,
+                    generator=generator,
+                    top_k=sampling.top_k,
+                    top_p=sampling.top_p,
+                )
                 chosen_logprobs = raw.gather(1, tokens[:, None]).squeeze(1).tolist()
                 token_list = tokens.tolist()
                 history[:, length] = tokens
