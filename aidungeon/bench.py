@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    parser.add_argument("--dense", action="store_true", help="keep 4-bit grid layers dense (to measure repacking)")
+    parser.add_argument(
+        "--unpacked", action="store_true", help="keep torch's own weight layout on the CPU (to measure packing)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -93,7 +95,7 @@ def speed_bench(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
     from aidungeon.model.loader import load_model
 
     spec = _model_spec(args, paths)
-    loaded = load_model(spec, paths, device=args.device, dtype=args.dtype, repack=not args.dense)
+    loaded = load_model(spec, paths, device=args.device, dtype=args.dtype, pack=not args.unpacked)
     startup_s = time.time() - process_start_time()
     turns = args.turns or 20
     config = (

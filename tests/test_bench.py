@@ -66,14 +66,16 @@ def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pyt
     assert results["guard"]["fragments"] == 0
 
 
-def test_decode_reads_the_head_once_whether_tied_or_transposed() -> None:
+def test_decode_reads_the_head_once_whether_tied_or_prepacked() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from aidungeon.bench import decode_weight_bytes
-    from aidungeon.model.engine import speed_up_head
+    from aidungeon.model.packing import onednn_supported, prepack_dense
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
     every = sum(p.numel() * p.element_size() for p in model.parameters())
     assert decode_weight_bytes(model) == every  # the tied table is the head: read whole, once
-    speed_up_head(model)
-    assert decode_weight_bytes(model) == every  # the copy is read, the table only looked up
+    if onednn_supported():
+        assert prepack_dense(model) == 5  # attention in and out, MLP up and down, the head
+        # The packed copies are read (biases stay parameters), the table only looked up.
+        assert decode_weight_bytes(model) == every

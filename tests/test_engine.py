@@ -423,30 +423,6 @@ def test_common_prefix(a, b, n) -> None:
     assert common_prefix(a, b) == n
 
 
-def test_transposed_head_gives_the_same_logits() -> None:
-    from aidungeon.model.engine import TransposedHead
-
-    torch.manual_seed(0)
-    head = torch.nn.Linear(16, 50, bias=True)
-    hidden = torch.randn(2, 3, 16)
-    assert torch.allclose(TransposedHead(head)(hidden), head(hidden), atol=1e-5)
-
-
-def test_the_head_is_transposed_only_for_fp32_on_the_cpu() -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from aidungeon.model.engine import TransposedHead, speed_up_head
-
-    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32)
-    fp32 = GPT2LMHeadModel(config)
-    speed_up_head(fp32)
-    speed_up_head(fp32)  # a second engine on the same model leaves it as it is
-    assert isinstance(fp32.get_output_embeddings(), TransposedHead)
-    bf16 = GPT2LMHeadModel(config).to(torch.bfloat16)
-    speed_up_head(bf16)
-    assert isinstance(bf16.get_output_embeddings(), torch.nn.Linear)
-
-
 # -- static cache capacity ----------------------------------------------------------------------
 
 

@@ -124,40 +124,12 @@ class _Row:
         )
 
 
-class TransposedHead(torch.nn.Module):
-    """The LM head with its weight stored transposed: `x @ Wt` instead of `x @ W.T`.
-
-    On the CPU in fp32 the vector-times-matrix kernel reading a (hidden, vocab) matrix is much
-    faster than the one reading (vocab, hidden): measured 12.7 -> 7.0 ms per token for GPT-2's
-    head, 1.15x on the whole decode step. It costs a second copy of the head's weight (the
-    embedding it was tied to stays). In bf16 the plain layout is faster, so it is fp32 only.
-    """
-
-    def __init__(self, head: torch.nn.Linear) -> None:
-        super().__init__()
-        self.weight_t = torch.nn.Parameter(head.weight.detach().t().contiguous(), requires_grad=False)
-        self.bias = head.bias
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = hidden @ self.weight_t
-        return logits + self.bias if self.bias is not None else logits
-
-
-def speed_up_head(model: PreTrainedModel) -> None:
-    """Use a transposed LM head where it pays: a CPU model in fp32 (see TransposedHead)."""
-    head = model.get_output_embeddings()
-    on_cpu_fp32 = isinstance(head, torch.nn.Linear) and head.weight.device.type == "cpu"
-    if on_cpu_fp32 and head.weight.dtype == torch.float32:
-        model.set_output_embeddings(TransposedHead(head))
-
-
 class Engine:
     """Generates continuations for one model, keeping its KV cache between calls."""
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, window: int, static_cache: bool = True
     ) -> None:
-        speed_up_head(model)
         self.model = model
         self.tokenizer = tokenizer
         self.window = window

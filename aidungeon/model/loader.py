@@ -73,7 +73,7 @@ class LoadedModel:
     dtype: str
     window: int
     folder: Path
-    # Linear layers stored as 4-bit groups (model/quant.py): only where that loses nothing.
+    # Linear layers stored as 4-bit groups (model/packing.py): only where that loses nothing.
     packed_layers: int = 0
 
     @property
@@ -252,10 +252,10 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     progress: ProgressFn = no_progress,
-    repack: bool = True,
+    pack: bool = True,
 ) -> LoadedModel:
-    """Resolve, check and load a model for play. `repack=False` keeps 4-bit grid layers dense
-    (the benchmark measures what repacking buys)."""
+    """Resolve, check and load a model for play. On the CPU, linear layers get the faster
+    layouts of `packing.py`; `pack=False` keeps torch's own (to measure what packing buys)."""
     name, folder = resolve(spec, paths, progress=progress)
     device = choose_device(device)
     dtype = choose_dtype(dtype, device, PRESETS.get(name))
@@ -265,10 +265,10 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from aidungeon.model.quant import int4_supported, repack_4bit
+    from aidungeon.model.packing import int4_supported, prepack_dense, repack_4bit
 
     hf_logging.disable_progress_bar()
-    repack = repack and device == "cpu" and dtype == "bfloat16" and int4_supported()
+    repack = pack and device == "cpu" and dtype == "bfloat16" and int4_supported()
     # fp16 weights keep a 4-bit grid exact where bf16 rounding would move them off it.
     load_dtype = "float16" if repack and _stored_dtype(folder) == "float16" else dtype
     try:
@@ -280,6 +280,8 @@ def load_model(
         raise ModelError(f"could not load {name} from {folder}: {err}") from None
     packed = repack_4bit(model, torch.bfloat16) if repack else 0
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    if pack and device == "cpu":
+        prepack_dense(model)  # after the cast: the prepacked layout is made for one dtype
     window = _window(model, tokenizer, PRESETS.get(name))
     return LoadedModel(name, model, tokenizer, device, dtype, window, folder, packed_layers=packed)
 

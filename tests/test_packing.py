@@ -1,4 +1,5 @@
-"""4-bit repacking: only weights on a 4-bit group grid are repacked, and they compute the same."""
+"""Packed weight layouts compute what the plain layers compute: 4-bit repacking only for weights
+on a 4-bit group grid, oneDNN prepacking for every other linear layer."""
 
 from __future__ import annotations
 
@@ -6,9 +7,19 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from aidungeon.model.quant import GROUP, KERNEL_MAX_ROWS, Int4Linear, fit_grid, int4_supported, repack_4bit
+from aidungeon.model.packing import (
+    GROUP,
+    KERNEL_MAX_ROWS,
+    Int4Linear,
+    PrepackedLinear,
+    fit_grid,
+    int4_supported,
+    onednn_supported,
+    repack_4bit,
+)
 
-pytestmark = pytest.mark.skipif(not int4_supported(), reason="this torch has no CPU int4 kernel")
+needs_int4 = pytest.mark.skipif(not int4_supported(), reason="this torch has no CPU int4 kernel")
+needs_onednn = pytest.mark.skipif(not onednn_supported(), reason="this torch has no oneDNN")
 
 
 def grid_weight(out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
@@ -52,6 +63,7 @@ def test_a_grid_beyond_the_sampled_rows_is_checked_in_full() -> None:
 
 
 @pytest.mark.parametrize("rows", [1, KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1, 100])
+@needs_int4
 def test_int4_linear_matches_the_dense_layer(rows: int) -> None:
     weight = grid_weight(96, 128)
     dense = torch.nn.Linear(128, 96)
@@ -66,6 +78,7 @@ def test_int4_linear_matches_the_dense_layer(rows: int) -> None:
     torch.testing.assert_close(packed.dequantized().float(), weight, atol=2e-3, rtol=1e-2)
 
 
+@needs_int4
 def test_decode_bytes_are_a_quarter_of_bf16_plus_scales() -> None:
     packed = Int4Linear(*fit_grid(grid_weight(96, 128)), None, torch.bfloat16)
     weight_bytes = 96 * 128 // 2
@@ -73,6 +86,7 @@ def test_decode_bytes_are_a_quarter_of_bf16_plus_scales() -> None:
     assert packed.decode_bytes() == weight_bytes + scale_bytes
 
 
+@needs_int4
 def test_repack_replaces_only_grid_layers_linear_and_conv1d() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32), Conv1D(64, 32))
     model[0].weight.data = grid_weight(64, 64, seed=1)
@@ -111,6 +125,7 @@ def grid_model_dir(tiny_model_dir, tmp_path_factory):
     return folder
 
 
+@needs_int4
 def test_the_loader_repacks_a_grid_model_for_bf16_on_the_cpu(grid_model_dir, tmp_path) -> None:
     from aidungeon.model.loader import load_model
     from aidungeon.paths import default_paths
@@ -128,3 +143,36 @@ def test_the_loader_repacks_a_grid_model_for_bf16_on_the_cpu(grid_model_dir, tmp
         expected = torch.log_softmax(full.model(input_ids=ids).logits.float(), -1)
     torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 7, 64), (40, 64)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_prepacked_linear_matches_f_linear(dtype, shape, bias) -> None:
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 48, bias=bias).to(dtype)
+    x = torch.randn(shape, dtype=dtype)
+    packed = PrepackedLinear(dense.weight, dense.bias)
+    with torch.inference_mode():
+        got, expected = packed(x), dense(x)
+    assert got.shape == expected.shape and got.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+@needs_onednn
+def test_the_loader_prepacks_every_layer_and_the_logits_stay(tiny_model_dir, tmp_path) -> None:
+    from aidungeon.model.loader import load_model
+    from aidungeon.paths import default_paths
+
+    paths = default_paths({"AIDUNGEON_HOME": str(tmp_path)})
+    packed = load_model(str(tiny_model_dir), paths, device="cpu", dtype="float32")
+    plain = load_model(str(tiny_model_dir), paths, device="cpu", dtype="float32", pack=False)
+    kinds = {type(m).__name__ for m in packed.model.modules()}
+    assert "PrepackedLinear" in kinds and "Conv1D" not in kinds
+    assert isinstance(packed.model.get_output_embeddings(), PrepackedLinear)
+    assert "PrepackedLinear" not in {type(m).__name__ for m in plain.model.modules()}
+    ids = torch.tensor([packed.tokenizer.encode("You are a knight in a ruined castle.")])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
