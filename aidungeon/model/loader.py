@@ -281,9 +281,27 @@ def load_model(
     packed = repack_4bit(model, torch.bfloat16) if repack else 0
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
     if pack and device == "cpu":
-        prepack_dense(model)  # after the cast: the prepacked layout is made for one dtype
+        prepacked = prepack_dense(model)  # after the cast: a packed layout is made for one dtype
+        if prepacked or packed:
+            _own_memory(model)
     window = _window(model, tokenizer, PRESETS.get(name))
     return LoadedModel(name, model, tokenizer, device, dtype, window, folder, packed_layers=packed)
+
+
+def _own_memory(model: Any) -> None:
+    """Copy the parameters and buffers packing left in place out of the weight file.
+
+    transformers memory-maps the weight file; the tensors left after packing are views of that
+    mapping and keep all of it alive, with every page packing read still resident: 320 MB more
+    for GPT-2 124M. Owning their memory lets the mapping go."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()
+        for module in model.modules():
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                setattr(module, name, buffer.clone())
 
 
 def _window(model: Any, tokenizer: Any, preset: Preset | None) -> int:
