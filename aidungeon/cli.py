@@ -124,7 +124,7 @@ def session_config(args: argparse.Namespace, paths: Paths) -> Config:
 
 def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     from aidungeon import saves
-    from aidungeon.game import Event, Game
+    from aidungeon.game import Event, Game, recap
     from aidungeon.ui.menu import choose_start
     from aidungeon.ui.render import Renderer
     from aidungeon.ui.repl import Terminal, play
@@ -149,6 +149,9 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         if args.seed is not None:
             config = config.with_value("seed", args.seed)
     spec = _absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
+    # The story so far needs no model: the player reads it while the model finishes loading.
+    for event in recap(start.story):
+        renderer.show(event)
     loaded = early.result(spec, console) if early else None
     if loaded is None:
         loaded = _load_model(config, spec, paths, console)
@@ -168,7 +171,7 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     for warning in start.warnings:
         renderer.show(Event("info", warning))
     logging.getLogger(__name__).info("ready in %.2f s", time.perf_counter() - PROCESS_START)
-    return play(game, terminal)
+    return play(game, terminal, recap_shown=True)
 
 
 class EarlyLoad:

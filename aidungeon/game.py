@@ -98,6 +98,20 @@ class Event:
     data: Any = None
 
 
+def recap(story: Story, turns: int = 3) -> Iterator[Event]:
+    """The opening (for a young story) or the last few turns of the current branch: what the
+    player sees on starting, which needs no model."""
+    path = [t for t in story.path() if t.result]
+    if len(path) <= turns:
+        yield Event("opening", story.opening.strip())
+    else:
+        yield Event("info", f"... {len(path) - turns} earlier turns (/print shows the whole story)")
+    for turn in path[-turns:]:
+        if turn.action:
+            yield Event("action", turn.action)
+        yield Event("story", turn.result)
+
+
 @dataclass
 class Game:
     """A running adventure: the story, its settings, the engine, and where it is saved."""
@@ -139,9 +153,11 @@ class Game:
         except AIDungeonError as err:
             yield Event("error", str(err))
 
-    def begin(self) -> Iterator[Event]:
-        """Show where the story stands; a story with no result yet gets its first continuation."""
-        yield from self.recap()
+    def begin(self, *, recap: bool = True) -> Iterator[Event]:
+        """Show where the story stands (unless the UI already did, while the model loaded); a
+        story with no result yet gets its first continuation."""
+        if recap:
+            yield from self.recap()
         last = self.story.last
         if last is None:
             yield from self.act("")
@@ -149,16 +165,8 @@ class Game:
             yield from self._generate_turn(replace_on_failure=True)
 
     def recap(self, turns: int = 3) -> Iterator[Event]:
-        """The opening (for a young story) or the last few turns of the current branch."""
-        path = [t for t in self.story.path() if t.result]
-        if len(path) <= turns:
-            yield Event("opening", self.story.opening.strip())
-        else:
-            yield Event("info", f"... {len(path) - turns} earlier turns (/print shows the whole story)")
-        for turn in path[-turns:]:
-            if turn.action:
-                yield Event("action", turn.action)
-            yield Event("story", turn.result)
+        """The module's `recap` of this game's story."""
+        return recap(self.story, turns)
 
     # -- turns -----------------------------------------------------------------------------
 

@@ -231,6 +231,8 @@ def test_load_with_no_saves_is_one_line() -> None:
 def test_a_missing_model_is_one_line() -> None:
     run = aidungeon("--prompt", "You are in a cave.", "--model", "/nonexistent")
     assert_one_line_error(run, contains="/nonexistent")
+    # The opening needs no model: it is shown while the model loads (here, fails to).
+    assert run.stdout.strip() == "You are in a cave."
 
 
 def test_unknown_setting_and_character_are_one_line() -> None:
