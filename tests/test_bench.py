@@ -47,6 +47,8 @@ def test_speed_bench_reports_every_figure(trained_model_dir: Path) -> None:
     assert all(turn["cache_hit"] for turn in later)
     assert results["median_prefill_tokens"] < results["naive_median_prefill_tokens"]
     assert results["decode_bound_tok_s"] > 0 and results["peak_rss_mb"] > 0 and results["startup_s"] > 0
+    samples = results["read_bandwidth_samples_gb_s"]
+    assert len(samples) == 2 and results["read_bandwidth_gb_s"] == max(samples)
     # The tiny model's text often fails the guard: such turns are counted, not fatal.
     assert results["stalled_turns"] == sum(turn["stalled"] for turn in results["per_turn"])
 
