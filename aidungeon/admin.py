@@ -41,6 +41,7 @@ def doctor(paths: Paths, console: Any) -> int:
     import transformers
 
     from aidungeon.model.loader import PRESETS, available_bytes, choose_device, is_present
+    from aidungeon.model.packing import int4_supported, onednn_supported
 
     device = choose_device("auto")
     free = available_bytes(device)
@@ -52,6 +53,7 @@ def doctor(paths: Paths, console: Any) -> int:
         ("device", device + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")),
         ("free memory", f"{free / 2**30:.1f} GiB" if free is not None else "unknown"),
         ("cpu threads", str(torch.get_num_threads())),
+        ("cpu weight layouts", _layouts(int4_supported(), onednn_supported())),
         ("models present", ", ".join(p.name for p in PRESETS.values() if is_present(p, paths)) or "none yet"),
         ("config", str(paths.config_file)),
         ("saves", str(paths.saves_dir)),
@@ -65,6 +67,12 @@ def doctor(paths: Paths, console: Any) -> int:
         table.add_row(*row)
     console.print(table)
     return 0
+
+
+def _layouts(int4: bool, onednn: bool) -> str:
+    """Which of packing.py's faster CPU layouts this torch offers."""
+    found = [name for name, present in (("4-bit groups", int4), ("oneDNN prepacked", onednn)) if present]
+    return ", ".join(found) or "none (plain torch layers)"
 
 
 def manage_saves(paths: Paths, console: Any, action: str, name: str | None, *, yes: bool) -> int:

@@ -314,5 +314,5 @@ def test_models_and_doctor() -> None:
         assert preset in models.stdout
     doctor = aidungeon("doctor")
     assert_clean(doctor)
-    for word in ("torch", "transformers", "device", "memory", str(home())):
+    for word in ("torch", "transformers", "device", "memory", "weight layouts", str(home())):
         assert word in doctor.stdout, word
