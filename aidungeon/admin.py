@@ -53,7 +53,7 @@ def doctor(paths: Paths, console: Any) -> int:
         ("device", device + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")),
         ("free memory", f"{free / 2**30:.1f} GiB" if free is not None else "unknown"),
         ("cpu threads", str(torch.get_num_threads())),
-        ("cpu weight layouts", _layouts(int4_supported(), onednn_supported())),
+        ("weight layouts", _layouts(int4_supported(), onednn_supported())),
         ("models present", ", ".join(p.name for p in PRESETS.values() if is_present(p, paths)) or "none yet"),
         ("config", str(paths.config_file)),
         ("saves", str(paths.saves_dir)),
