@@ -3,7 +3,8 @@
 Three modes, picked from the line itself:
 
 - **do** (default): `look around` -> `You look around.`; first person becomes second person
-  (`I draw my sword` -> `You draw your sword.`), outside quotes only.
+  (`I draw my sword` -> `You draw your sword.`), outside quotes only. A line that already has
+  a subject no command starts with (`a troll sleeps here`, `the door opens`) gets no "You".
 - **say**: a line starting with a quote or with `say ` -> `You say "Hello there."`.
 - **story**: a line starting with `!` enters verbatim as narration.
 
@@ -22,7 +23,12 @@ from dataclasses import dataclass
 MODES = ("do", "say", "story")
 
 _TERMINAL = ".!?…"
-_PRONOUN_PREFIXES = ("you", "your", "yours", "yourself", "we", "our", "ours")
+# A line starting with one of these already has its subject, so no "You" goes in front. Besides
+# the player's own pronouns, these are words no command starts with: `a troll sleeps here` is
+# narration ("A troll sleeps here."), not "You a troll sleeps here.".
+_SUBJECT_STARTS = frozenset(
+    "you your yours yourself we our ours a an the he she it they there this that these those his its their".split()
+)
 
 # First person -> second person, longest forms first so "I am" wins over "I". Whole words only,
 # any case ("i" typed lowercase counts). "we/us/our" are plural and stay as typed.
@@ -91,7 +97,7 @@ def to_action(line: str) -> Action:
 def _do(text: str) -> str:
     """`look around` -> `You look around.`: second person, a subject, a full stop."""
     text = second_person(text)
-    if not _starts_with_pronoun(text):
+    if not _has_subject(text):
         text = "You " + _lower_first_word(text)
     return _finish(_upper_first(text))
 
@@ -135,10 +141,10 @@ def second_person(text: str) -> str:
     return _PERSON_RE.sub(replace, text)
 
 
-def _starts_with_pronoun(text: str) -> bool:
+def _has_subject(text: str) -> bool:
     """True when the line already has a subject we must not put "You" in front of."""
     first = re.split(r"[\s,.!?;:'’]", text, maxsplit=1)[0].lower()
-    return first in _PRONOUN_PREFIXES
+    return first in _SUBJECT_STARTS
 
 
 def _lower_first_word(text: str) -> str:

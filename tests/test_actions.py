@@ -42,6 +42,13 @@ DO_CASES = [
     ("I whisper 'run'", "You whisper 'run'."),
     ("I visit the kings'", "You visit the kings'."),
     ("> look around", "You look around."),  # a typed prompt marker is dropped
+    # A line that already has a subject no command starts with is narration: no "You" in front.
+    ("a troll sleeps here", "A troll sleeps here."),
+    ("The door creaks open", "The door creaks open."),
+    ("it starts to rain and I run", "It starts to rain and you run."),
+    ("there is a key under the mat", "There is a key under the mat."),
+    ("they attack me", "They attack you."),
+    ("that goblin looks hungry", "That goblin looks hungry."),
 ]
 
 
