@@ -27,7 +27,8 @@ _TERMINAL = ".!?…"
 # the player's own pronouns, these are words no command starts with: `a troll sleeps here` is
 # narration ("A troll sleeps here."), not "You a troll sleeps here.".
 _SUBJECT_STARTS = frozenset(
-    "you your yours yourself we our ours a an the he she it they there this that these those his its their".split()
+    {"you", "your", "yours", "yourself", "we", "our", "ours", "a", "an", "the", "he", "she", "it", "they"}
+    | {"there", "this", "that", "these", "those", "his", "its", "their"}
 )
 
 # First person -> second person, longest forms first so "I am" wins over "I". Whole words only,
