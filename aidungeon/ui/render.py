@@ -8,6 +8,7 @@ terminal, or colour is off, it prints plain text with no escape codes and only f
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -21,6 +22,31 @@ from rich.text import Text
 
 from aidungeon.game import Event, Table
 from aidungeon.model.provision import ProgressFn
+
+# The end of a finished sentence or paragraph: a stop (and any closing quotes) then space.
+_BREAK_RE = re.compile(r"[.!?…][\"”’')\]]*\s+|\n\s*")
+_FINISHED_RE = re.compile(r"[.!?…][\"”’')\]]*\s*$")
+
+
+def split_unfinished(text: str) -> tuple[str, str]:
+    """(the finished part, the unfinished last sentence) of a text: an opening that stops
+    mid-sentence ("... and the king") is finished by the story's first continuation."""
+    if not text.strip() or _FINISHED_RE.search(text):
+        return text, ""
+    breaks = list(_BREAK_RE.finditer(text))
+    if not breaks:
+        return "", text.strip()
+    cut = breaks[-1]
+    return text[: cut.start() + len(cut.group(0).rstrip())].rstrip(), text[cut.end() :].strip()
+
+
+def join_continuation(start: str, continuation: str) -> str:
+    """An unfinished sentence and the text that finishes it, with a space unless it starts with punctuation."""
+    if not start:
+        return continuation
+    continuation = continuation.lstrip()
+    return start + ("" if continuation[:1] in ",.;:!?'’”\")" else " ") + continuation
+
 
 STYLES = {
     "story": "",
@@ -47,25 +73,36 @@ class Renderer:
         self.console = console
         self.interactive = console.is_terminal
         self._live: Live | None = None
-        self._preview = Text()
+        self._streamed = ""
+        # The opening's unfinished last sentence, shown with the text that finishes it.
+        self._held = ""
 
     def show(self, event: Event) -> None:
+        if self._held and event.kind not in ("piece", "restart", "result", "story"):
+            self._flush_held()
         handler = getattr(self, f"_{event.kind}", None)
         if handler is not None:
             handler(event)
+
+    def _flush_held(self) -> None:
+        self.console.print(Text(self._held, style=STYLES["opening"]))
+        self._held = ""
 
     def stop_stream(self) -> None:
         """End a live preview without a result (the generation was stopped or failed)."""
         if self._live is not None:
             self._live.stop()
             self._live = None
-        self._preview = Text()
+        self._streamed = ""
 
     def _opening(self, event: Event) -> None:
-        self.console.print(Text(event.text, style=STYLES["opening"]))
+        finished, self._held = split_unfinished(event.text)
+        if finished:
+            self.console.print(Text(finished, style=STYLES["opening"]))
 
     def _story(self, event: Event) -> None:
-        self.console.print(Text(event.text, style=STYLES["story"]))
+        text, self._held = join_continuation(self._held, event.text), ""
+        self.console.print(Text(text, style=STYLES["story"]))
         self.console.print()
 
     def _action(self, event: Event) -> None:
@@ -76,10 +113,10 @@ class Renderer:
         if not self.interactive:
             return
         if self._live is None:
-            self._live = Live(self._preview, console=self.console, refresh_per_second=20, transient=True)
+            self._live = Live(Text(), console=self.console, refresh_per_second=20, transient=True)
             self._live.start()
-        self._preview.append(event.text)
-        self._live.update(self._preview)
+        self._streamed += event.text
+        self._live.update(Text(join_continuation(self._held, self._streamed)))
 
     def _restart(self, event: Event) -> None:
         """The turn is drawn again: drop what was streamed so far."""
