@@ -27,6 +27,7 @@ Both are measured in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import logging
+import sys
 
 import torch
 
@@ -45,8 +46,11 @@ KERNEL_MAX_ROWS = 160
 
 
 def int4_supported() -> bool:
-    """Whether this torch has the CPU int4 kernel and its packing function."""
-    return hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
+    """Whether this torch has the CPU int4 kernel, in a vectorized build: ATen vectorizes it for
+    AVX2 and AVX-512 except under MSVC; elsewhere it is a scalar loop slower than bf16."""
+    present = hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
+    vectorized = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and sys.platform != "win32"
+    return present and vectorized
 
 
 def fit_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
