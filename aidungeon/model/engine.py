@@ -268,8 +268,8 @@ class Engine:
         """A longer static cache holding what `cache` holds, so growth costs a copy, not a prefill."""
         grown = StaticCache(config=self.model.config, max_cache_len=capacity)
         length = int(cache.get_seq_length())
-        for index, layer in enumerate(cache.layers):
-            if length:
+        if length:
+            for index, layer in enumerate(cache.layers):
                 grown.update(layer.keys[:, :, :length], layer.values[:, :, :length], index)
         return grown
 
