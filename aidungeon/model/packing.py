@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -156,14 +157,44 @@ def prepack_dense(model: torch.nn.Module) -> int:
     how many. A head tied to the input embeddings gets its own copy; the table stays for lookups."""
     if not onednn_supported():
         return 0
+
+    def prepacked(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module | None:
+        dense = weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
+        return PrepackedLinear(weight, bias) if dense else None
+
+    replaced = _replace_linears(model, prepacked)
+    log.info("prepacked %d linear layers for oneDNN", replaced)
+    return replaced
+
+
+def repack_4bit(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Replace each linear layer whose weights lie on a 4-bit group grid with an `Int4Linear`
+    computing in `dtype`; return how many were replaced. Call it before casting the model to
+    a lower precision, or bf16 rounding moves the weights off their grid."""
+    if not int4_supported():
+        return 0
+
+    def repacked(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module | None:
+        fitted = fit_grid(weight)
+        return None if fitted is None else Int4Linear(*fitted, bias, dtype)
+
+    replaced = _replace_linears(model, repacked)
+    log.info("repacked %d linear layers into 4-bit groups", replaced)
+    return replaced
+
+
+def _replace_linears(
+    model: torch.nn.Module, make: Callable[[torch.Tensor, torch.Tensor | None], torch.nn.Module | None]
+) -> int:
+    """Put `make(weight as (out, in), bias)` in place of each linear layer it returns a module for."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             weight = _weight_out_in(child)
-            if weight is not None and weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
-                setattr(parent, name, PrepackedLinear(weight, getattr(child, "bias", None)))
+            new = None if weight is None else make(weight, getattr(child, "bias", None))
+            if new is not None:
+                setattr(parent, name, new)
                 replaced += 1
-    log.info("prepacked %d linear layers for oneDNN", replaced)
     return replaced
 
 
@@ -175,21 +206,3 @@ def _weight_out_in(module: torch.nn.Module) -> torch.Tensor | None:
     if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
         return module.weight.detach().t()
     return None
-
-
-def repack_4bit(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Replace each linear layer whose weights lie on a 4-bit group grid with an `Int4Linear`
-    computing in `dtype`; return how many were replaced. Call it before casting the model to
-    a lower precision, or bf16 rounding moves the weights off their grid."""
-    if not int4_supported():
-        return 0
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            weight = _weight_out_in(child)
-            fitted = None if weight is None else fit_grid(weight)
-            if fitted is not None:
-                setattr(parent, name, Int4Linear(*fitted, getattr(child, "bias", None), dtype))
-                replaced += 1
-    log.info("repacked %d linear layers into 4-bit groups", replaced)
-    return replaced
