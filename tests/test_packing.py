@@ -135,8 +135,7 @@ def test_the_loader_repacks_a_grid_model_for_bf16_on_the_cpu(grid_model_dir, tmp
     full = load_model(str(grid_model_dir), paths, device="cpu", dtype="float32")
     layers = packed.model.config.n_layer * 4  # c_attn, c_proj, c_fc, mlp c_proj
     assert packed.packed_layers == layers
-    assert packed.precision == "bfloat16, 4-bit weights"
-    assert (full.packed_layers, full.precision) == (0, "float32")
+    assert (packed.dtype, full.dtype, full.packed_layers) == ("bfloat16", "float32", 0)
     ids = torch.tensor([packed.tokenizer.encode("You are a knight in a ruined castle.")])
     with torch.inference_mode():
         got = torch.log_softmax(packed.model(input_ids=ids).logits.float(), -1)

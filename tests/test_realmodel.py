@@ -75,7 +75,7 @@ def test_repacked_default_model_picks_the_same_next_tokens_as_fp32(default_model
     import torch
 
     if default_model.packed_layers == 0:
-        pytest.skip(f"this CPU runs the default model as {default_model.precision}: nothing repacked to compare")
+        pytest.skip(f"this CPU runs the default model in {default_model.dtype} , no 4-bit layers to compare")
     reference = load_model("smollm2-135m", default_paths({"AIDUNGEON_HOME": str(CACHE_HOME)}), dtype="float32")
     settings, _ = load_settings()
     text = "\n\n".join(c.opening for s in settings for c in s.characters)

@@ -77,11 +77,6 @@ class LoadedModel:
     packed_layers: int = 0
 
     @property
-    def precision(self) -> str:
-        """The dtype, and the 4-bit layers when there are any: what the status shows."""
-        return f"{self.dtype}, 4-bit weights" if self.packed_layers else self.dtype
-
-    @property
     def layout(self) -> Layout:
         """How the story reads to this model: a chat for ChatML models, plain text otherwise."""
         return layout_for(getattr(self.tokenizer, "chat_template", None))
