@@ -153,10 +153,10 @@ class Game:
         except AIDungeonError as err:
             yield Event("error", str(err))
 
-    def begin(self, *, recap: bool = True) -> Iterator[Event]:
+    def begin(self, *, show_recap: bool = True) -> Iterator[Event]:
         """Show where the story stands (unless the UI already did, while the model loaded); a
         story with no result yet gets its first continuation."""
-        if recap:
+        if show_recap:
             yield from self.recap()
         last = self.story.last
         if last is None:

@@ -157,7 +157,7 @@ def run_events(renderer: Renderer, events: Iterator[Event]) -> list[Event]:
 
 def play(game: Game, terminal: Terminal, *, recap_shown: bool = False) -> int:
     """The main loop, until /quit or Ctrl-D."""
-    if _loop_events(game, terminal, game.begin(recap=not recap_shown)):
+    if _loop_events(game, terminal, game.begin(show_recap=not recap_shown)):
         return 0
     while True:
         terminal.status = status_line(game)
