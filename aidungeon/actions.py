@@ -18,6 +18,7 @@ touch the story, or know about the model; it imports nothing outside the standar
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MODES = ("do", "say", "story")
@@ -57,7 +58,7 @@ _PERSON_RE = re.compile(
     re.IGNORECASE,
 )
 # Quoted spans are someone's words and keep their person; an unclosed quote runs to the end.
-_QUOTED_RE = re.compile(r'"[^"]*"?|“[^”]*”?')
+QUOTED_RE = re.compile(r'"[^"]*"?|“[^”]*”?')
 _SENTENCE_END_BEFORE_RE = re.compile(r"(?:^|[.!?…][\"”'’)]*)\s*$")
 _SAY_RE = re.compile(r"say(?:\s*[:,]\s*|\s+|$)(?P<rest>.*)", re.IGNORECASE | re.DOTALL)
 
@@ -121,13 +122,14 @@ def _say(rest: str, *, prefix: str) -> str:
     return f'{prefix or "You say "}"{spoken}"'
 
 
-def second_person(text: str) -> str:
-    """Rewrite first person singular to second person outside quotes (`I draw my` -> `you draw your`).
+def second_person(text: str, *, keep: Sequence[tuple[int, int]] = ()) -> str:
+    """Rewrite first person singular to second person outside quotes (`I draw my` -> `you draw your`)
+    and outside the `keep` spans (start, end offsets).
 
     A replacement at the start of a sentence is capitalised; elsewhere it is lowercase, because
     "I" is the only pronoun English capitalises mid-sentence.
     """
-    quoted = [m.span() for m in _QUOTED_RE.finditer(text)]
+    quoted = [m.span() for m in QUOTED_RE.finditer(text)] + list(keep)
 
     def replace(match: re.Match[str]) -> str:
         start = match.start()

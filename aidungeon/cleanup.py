@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from aidungeon.actions import second_person
+from aidungeon.actions import QUOTED_RE, second_person
 
 # -- sentences ---------------------------------------------------------------------------------
 
@@ -331,13 +331,20 @@ def pipeline(text: str, *, recent: Sequence[str] = (), player_name: str | None =
     return normalize_whitespace(text)
 
 
+_SECOND_PERSON_RE = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
+
+
 def narrate_in_second_person(text: str) -> str:
     """Narration that slipped into first person ("I open the door") back into the game's voice.
 
     Small chat models drift into narrating as "I" whatever their instructions say. Speech in
-    quotes is left alone: a character may well say "I".
+    quotes is left alone: a character may well say "I". So is a sentence whose narration already
+    says "you": there a narrator or a character is talking to the player, and rewriting its "I"
+    gives "You are walking towards you.".
     """
-    return second_person(text)
+    unquoted = QUOTED_RE.sub(lambda quote: " " * len(quote.group(0)), text)
+    addressed = [span for span in _sentence_spans(text) if _SECOND_PERSON_RE.search(unquoted, span.start, span.end)]
+    return second_person(text, keep=addressed)
 
 
 def aidungeon2_rules(text: str) -> str:

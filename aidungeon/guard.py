@@ -33,6 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aidungeon.actions import QUOTED_RE
 from aidungeon.cleanup import (
     find_junk,
     find_player_turn,
@@ -195,15 +196,14 @@ def has_junk(raw: str) -> bool:
     return find_junk(raw if end is None else raw[:end]) is not None or has_bad_special_token(raw)
 
 
-# Quoted speech is a character talking, where "I" is right; an unclosed quote runs to the end.
-_QUOTED_RE = re.compile(r"\"[^\"]*(?:\"|$)|“[^”]*(?:”|$)")
 # "I" only as a capital word (incl. "I'm", "I'd"); the other forms in any case ("My", "me").
 _FIRST_PERSON_RE = re.compile(r"\bI\b|\b(?i:my|me|mine|myself)\b")
 
 
 def is_first_person(text: str) -> bool:
     """True when narration outside double quotes uses first person (I, me, my, mine, myself)."""
-    return _FIRST_PERSON_RE.search(_QUOTED_RE.sub(" ", text)) is not None
+    # Quoted speech is a character talking, where "I" is right.
+    return _FIRST_PERSON_RE.search(QUOTED_RE.sub(" ", text)) is not None
 
 
 def assess(raw: str, shown: str, *, recent: Sequence[str], player_name: str | None = None) -> Flags:

@@ -401,6 +401,12 @@ def test_pipeline_output_is_complete_and_stable(text: str, recent: list[str]) ->
         ('I turn. "I am the king," he says.', 'You turn. "I am the king," he says.'),
         ("The guard looks at me and I freeze.", "The guard looks at you and you freeze."),
         ("You walk on. The road is long.", "You walk on. The road is long."),
+        # A sentence already talking to "you" keeps its "I": a voice addressing the player.
+        ("I am walking towards you.", "I am walking towards you."),
+        ("I open the door. You see a troll. I wave at it.", "You open the door. You see a troll. You wave at it."),
+        ('I see you there, and I wave. "I am here," I say.', 'I see you there, and I wave. "I am here," you say.'),
+        ('"I am here. I am lost," he says.', '"I am here. I am lost," he says.'),
+        ('He says "you there" and I run.', 'He says "you there" and you run.'),  # quoted "you" is not the narration's
     ],
 )
 def test_narrate_in_second_person(text: str, expected: str) -> None:
