@@ -8,7 +8,6 @@ terminal, or colour is off, it prints plain text with no escape codes and only f
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -20,24 +19,18 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from aidungeon.cleanup import is_fragment, split_sentences
 from aidungeon.game import Event, Table
 from aidungeon.model.provision import ProgressFn
-
-# The end of a finished sentence or paragraph: a stop (and any closing quotes) then space.
-_BREAK_RE = re.compile(r"[.!?…][\"”’')\]]*\s+|\n\s*")
-_FINISHED_RE = re.compile(r"[.!?…][\"”’')\]]*\s*$")
 
 
 def split_unfinished(text: str) -> tuple[str, str]:
     """(the finished part, the unfinished last sentence) of a text: an opening that stops
     mid-sentence ("... and the king") is finished by the story's first continuation."""
-    if not text.strip() or _FINISHED_RE.search(text):
+    if not is_fragment(text):
         return text, ""
-    breaks = list(_BREAK_RE.finditer(text))
-    if not breaks:
-        return "", text.strip()
-    cut = breaks[-1]
-    return text[: cut.start() + len(cut.group(0).rstrip())].rstrip(), text[cut.end() :].strip()
+    unfinished = split_sentences(text)[-1]
+    return text[: text.rstrip().rfind(unfinished)].rstrip(), unfinished
 
 
 def join_continuation(start: str, continuation: str) -> str:
