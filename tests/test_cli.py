@@ -316,3 +316,28 @@ def test_models_and_doctor() -> None:
     assert_clean(doctor)
     for word in ("torch", "transformers", "device", "memory", "weight layouts", str(home())):
         assert word in doctor.stdout, word
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [
+        pytest.param("/quit\n", id="setting menu"),
+        pytest.param("exit\n", id="setting menu, bare word"),
+        pytest.param("1\n/q\n", id="character menu"),
+        pytest.param("1\n1\n/exit\n", id="name"),
+        pytest.param("custom\n/quit\n\n", id="opening"),
+    ],
+)
+def test_quit_leaves_the_start_menu(trained_model_dir: Path, stdin: str) -> None:
+    run = aidungeon("--model", str(trained_model_dir), stdin=stdin + "1\n1\nAsh\nlook around\n/quit\n")
+    assert run.returncode == 0
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "choose 1-" not in run.stdout  # the quit was not taken for a bad answer
+    assert saves.list_saves(home() / "saves") == []  # nothing was played after it
+
+
+def test_a_character_may_be_named_quit(trained_model_dir: Path) -> None:
+    run = aidungeon("--model", str(trained_model_dir), "--seed", "2", stdin="1\n1\nQuit\nlook around\n/quit\n")
+    assert_clean(run)
+    (info,) = saves.list_saves(home() / "saves")
+    assert read(info.name).story.player_name == "Quit"

@@ -14,7 +14,7 @@ from aidungeon.errors import SaveError
 from aidungeon.game import Event
 from aidungeon.paths import Paths
 from aidungeon.story import Story
-from aidungeon.ui.repl import Terminal
+from aidungeon.ui.repl import QUIT_COMMANDS, Terminal
 
 
 @dataclass
@@ -52,7 +52,8 @@ def load_start(paths: Paths, name: str) -> StartChoice:
 
 def _menu(settings: list[prompts.Setting], paths: Paths, terminal: Terminal) -> StartChoice:
     terminal.renderer.console.print(f"[bold]aidungeon {__version__}[/bold]: an AI text adventure. Anything goes.")
-    terminal.renderer.show(Event("info", "Type a number or a name. Inside the game, /help lists the commands."))
+    hint = "Type a number or a name (/quit leaves). Inside the game, /help lists the commands."
+    terminal.renderer.show(Event("info", hint))
     options = [(s.id, f"{s.title} - {s.description}") for s in settings]
     options.append(("custom", "Custom - write your own opening"))
     if saves.list_saves(paths.saves_dir):
@@ -74,7 +75,7 @@ def _from_setting(setting: prompts.Setting, character: str | None, name: str | N
     else:
         options = [(c.name, f"{c.name} - {c.description}" if c.description else c.name) for c in setting.characters]
         chosen = setting.character(terminal.choose("Pick a character", options))
-    player = name if name is not None else terminal.ask("\nWhat is your character's name? ")
+    player = name if name is not None else _ask_line(terminal, "\nWhat is your character's name? ")
     return prompts.new_story(prompts.starting_story_parts(setting, chosen, player), player)
 
 
@@ -83,6 +84,16 @@ def _ask_opening(terminal: Terminal) -> str:
     terminal.renderer.show(Event("info", f"Write the opening of your story ({hint}):"))
     while True:
         opening = terminal.ask_multiline("> ").strip()
+        if opening.lower() in QUIT_COMMANDS:
+            raise EOFError
         if opening:
             return opening
         terminal.renderer.show(Event("error", "the opening cannot be empty"))
+
+
+def _ask_line(terminal: Terminal, prompt: str) -> str:
+    """One free-text answer; a quit command leaves the menu (EOFError, as Ctrl-D)."""
+    answer = terminal.ask(prompt)
+    if answer.strip().lower() in QUIT_COMMANDS:
+        raise EOFError
+    return answer

@@ -69,6 +69,12 @@ def _bindings() -> KeyBindings:
     return bindings
 
 
+# What leaves the start menu, as Ctrl-D does. Bare words only where a menu's answers are
+# fixed: a character's name or an opening may well be "quit".
+QUIT_COMMANDS = ("/quit", "/q", "/exit")
+QUIT_WORDS = (*QUIT_COMMANDS, "quit", "exit")
+
+
 class Terminal:
     """Reads player input: prompt_toolkit on a terminal, plain lines otherwise."""
 
@@ -121,17 +127,19 @@ class Terminal:
             lines.append(line)
 
     def choose(self, title: str, options: Sequence[tuple[str, str]]) -> str:
-        """A numbered menu; returns the chosen key. Accepts a number or a key."""
+        """A numbered menu; returns the chosen key. Accepts a number or a key; /quit raises EOFError."""
         self.renderer.console.print(f"\n[bold]{title}[/bold]")
         for number, (_key, label) in enumerate(options, start=1):
             self.renderer.console.print(f"  {number}. {escape(label)}")
         completer = WordCompleter([key for key, _label in options], ignore_case=True)
         while True:
             answer = self.ask("> ", completer=completer).strip().lower()
+            if answer in QUIT_WORDS:
+                raise EOFError
             for number, (key, _label) in enumerate(options, start=1):
                 if answer in (str(number), key.lower()):
                     return key
-            self.renderer.show(Event("error", f"choose 1-{len(options)}"))
+            self.renderer.show(Event("error", f"choose 1-{len(options)}, or /quit"))
 
 
 def run_events(renderer: Renderer, events: Iterator[Event]) -> list[Event]:
