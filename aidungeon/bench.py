@@ -115,7 +115,15 @@ def speed_bench(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
     naive = play_session(loaded, config, turns, reuse_cache=False, raw=raw)
     bandwidths.append(read_bandwidth(loaded.device))
     weight_bytes = decode_weight_bytes(loaded.model)
-    return summarize(loaded, normal, naive, weight_bytes=weight_bytes, bandwidths=bandwidths, startup_s=startup_s)
+    return summarize(
+        loaded,
+        normal,
+        naive,
+        weight_bytes=weight_bytes,
+        bandwidths=bandwidths,
+        head_bandwidth=head_bandwidth(loaded.model),
+        startup_s=startup_s,
+    )
 
 
 def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
@@ -200,6 +208,30 @@ def read_bandwidth(device: str, size_mb: int = 256, repeats: int = 5) -> float:
     return data.numel() * 4 / best
 
 
+def head_bandwidth(model: Any, repeats: int = 5) -> float:
+    """Bytes/s at which the LM head, in the layout decoding uses, reads its weights for one row.
+
+    The head is the model's largest layer and larger than any CPU cache, so this is what the
+    one-row product itself reaches here: the ceiling the read bandwidth above cannot show."""
+    import torch
+
+    head = model.get_output_embeddings()
+    parameter = next(model.parameters())
+    weight = getattr(head, "weight", None)
+    size = head.decode_bytes() if weight is None else weight.numel() * weight.element_size()
+    row = torch.zeros(1, 1, head.in_features, dtype=parameter.dtype, device=parameter.device)
+    best = float("inf")
+    with torch.inference_mode():
+        head(row)
+        for _ in range(repeats):
+            _sync(parameter.device.type)
+            start = time.perf_counter()
+            head(row)
+            _sync(parameter.device.type)
+            best = min(best, time.perf_counter() - start)
+    return size / best
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -214,6 +246,7 @@ def summarize(
     *,
     weight_bytes: int,
     bandwidths: list[float],
+    head_bandwidth: float,
     startup_s: float,
 ) -> dict[str, Any]:
     def median(records: list[TurnRecord], field: str) -> float:
@@ -246,6 +279,8 @@ def summarize(
         "weight_mb": weight_bytes / 2**20,
         "read_bandwidth_gb_s": bandwidth / 1e9,
         "read_bandwidth_samples_gb_s": [b / 1e9 for b in bandwidths],
+        "head_bandwidth_gb_s": head_bandwidth / 1e9,
+        "decode_fraction_of_head_bound": decode * weight_bytes / head_bandwidth,
         "peak_rss_mb": peak_rss_mb(),
         "startup_s": startup_s,
         "per_turn": [vars(r) for r in normal],
@@ -280,6 +315,8 @@ def print_speed(results: dict[str, Any], console: Any) -> None:
         f"({results['weight_mb']:.0f} MB of weights at {results['read_bandwidth_gb_s']:.1f} GB/s, the faster of "
         f"{' and '.join(f'{b:.1f}' for b in results['read_bandwidth_samples_gb_s'])}): "
         f"{results['decode_fraction_of_bound']:.2f} of the bound",
+        f"the LM head's one-row product reads at {results['head_bandwidth_gb_s']:.1f} GB/s: decode is "
+        f"{results['decode_fraction_of_head_bound']:.2f} of reading every weight at that speed",
         f"peak RSS {results['peak_rss_mb']:.0f} MB, startup {results['startup_s']:.2f} s",
     ]
     for line in lines:

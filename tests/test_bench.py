@@ -7,11 +7,13 @@ asserted here: these checks only make sure the benchmark measures what it says.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from aidungeon.bench import speed_bench
+from aidungeon.bench import head_bandwidth, speed_bench
 from aidungeon.bench_coherence import METRICS, run_coherence
 from aidungeon.cli import build_parser
 from aidungeon.paths import default_paths
@@ -49,6 +51,7 @@ def test_speed_bench_reports_every_figure(trained_model_dir: Path) -> None:
     assert results["decode_bound_tok_s"] > 0 and results["peak_rss_mb"] > 0 and results["startup_s"] > 0
     samples = results["read_bandwidth_samples_gb_s"]
     assert len(samples) == 2 and results["read_bandwidth_gb_s"] == max(samples)
+    assert results["head_bandwidth_gb_s"] > 0 and results["decode_fraction_of_head_bound"] > 0
     # The tiny model's text often fails the guard: such turns are counted, not fatal.
     assert results["stalled_turns"] == sum(turn["stalled"] for turn in results["per_turn"])
 
@@ -81,3 +84,31 @@ def test_decode_reads_the_head_once_whether_tied_or_prepacked() -> None:
         assert prepack_dense(model) == 5  # attention in and out, MLP up and down, the head
         # The packed copies are read (biases stay parameters), the table only looked up.
         assert decode_weight_bytes(model) == every
+
+
+class _SlowHead(torch.nn.Module):
+    """A head that reads 1 MB (by its own account) in at least 20 ms."""
+
+    in_features = 8
+
+    def decode_bytes(self) -> int:
+        return 10**6
+
+    def forward(self, row: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return row
+
+
+class _ModelWithSlowHead(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(4, 8)
+        self.head = _SlowHead()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head
+
+
+def test_head_bandwidth_times_the_heads_own_bytes() -> None:
+    bandwidth = head_bandwidth(_ModelWithSlowHead(), repeats=2)
+    assert 10**6 / 0.2 < bandwidth <= 10**6 / 0.02
