@@ -145,7 +145,7 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
     from aidungeon.model.engine import Engine
     from aidungeon.story import Story
 
-    engine = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
+    engine = Engine.for_model(loaded)
     with tempfile.TemporaryDirectory(prefix="aidungeon-bench-") as home:
         game = Game(
             story=Story(opening=OPENING, title="bench", pin_opening=True),

@@ -90,7 +90,7 @@ def play_adventure(
     with tempfile.TemporaryDirectory(prefix="aidungeon-coherence-") as home:
         game = Game(
             story=story,
-            engine=Engine(loaded.model, loaded.tokenizer, window=loaded.window),
+            engine=Engine.for_model(loaded),
             config=config.with_value("seed", int(adventure["seed"])),
             paths=default_paths({"AIDUNGEON_HOME": home}),
             save_name="coherence",

@@ -157,7 +157,7 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         loaded = _load_model(config, spec, paths, console)
     from aidungeon.model.engine import Engine
 
-    engine = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
+    engine = Engine.for_model(loaded)
     name = start.save_name or saves.autosave_name(paths.saves_dir, start.story)
     game = Game(
         story=start.story,

@@ -28,7 +28,7 @@ def loaded(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def engine(loaded) -> Engine:
-    return Engine(loaded.model, loaded.tokenizer, window=loaded.window)
+    return Engine.for_model(loaded)
 
 
 @pytest.fixture
@@ -103,8 +103,8 @@ def test_reused_tokens_are_reported_by_generate(engine, prompt) -> None:
 
 
 def test_greedy_with_cache_reuse_equals_greedy_without(loaded, prompt) -> None:
-    reusing = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
-    fresh = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
+    reusing = Engine.for_model(loaded)
+    fresh = Engine.for_model(loaded)
     ids = list(prompt)
     expected_reuse = 0
     actions = ["\n> You look around.\n", "\n> You draw your sword.\n", "\n> You run.\n"]
@@ -140,8 +140,8 @@ def test_same_seed_same_text_different_seed_different_text(engine, prompt) -> No
 
 
 def test_seeded_sampling_is_the_same_with_and_without_the_cache(loaded, prompt) -> None:
-    a = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
-    b = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
+    a = Engine.for_model(loaded)
+    b = Engine.for_model(loaded)
     a.generate(prompt, SAMPLE, seed=1).run()
     ids = prompt + a.encode(" The door creaks.\n> You enter.\n")
     with_cache = a.generate(ids, SAMPLE, seed=5)

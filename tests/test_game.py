@@ -37,7 +37,7 @@ def make_game(loaded: Any, model_dir: Path, *, seed: int = 7, save_name: str = "
     config = Config().with_value("max_new_tokens", 16).with_value("seed", seed)
     for key, value in settings.items():
         config = config.with_value(key, value)
-    engine = Engine(loaded.model, loaded.tokenizer, window=loaded.window)
+    engine = Engine.for_model(loaded)
     return Game(
         story=custom_story(OPENING),
         engine=engine,

@@ -79,6 +79,40 @@ def test_int4_linear_matches_the_dense_layer(rows: int) -> None:
 
 
 @needs_int4
+@pytest.mark.parametrize("rows", [1, 3, KERNEL_MAX_ROWS + 1])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("sizes", [(64, 128, 64), (64, 32, 96)], ids=["block-aligned", "unaligned"])
+def test_stacked_layers_give_each_layers_output(rows: int, with_bias: bool, sizes: tuple[int, ...]) -> None:
+    layers = []
+    for number, (size, seed) in enumerate(zip(sizes, (0, 1, 3), strict=True)):  # seed 2 falls off the grid in fp16
+        bias = torch.randn(size) if with_bias and number != 1 else None
+        layers.append(Int4Linear(*fit_grid(grid_weight(size, 128, seed=seed)), bias, torch.bfloat16))
+    x = torch.randn(rows, 128, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        alone = [layer(x) for layer in layers]
+        stacked = Int4Linear.stacked(layers)
+        together = stacked(x).split(list(sizes), dim=-1)
+        after = [layer(x) for layer in layers]
+    for got, again, expected in zip(together, after, alone, strict=True):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+        torch.testing.assert_close(again, expected, atol=0, rtol=0)
+
+
+@needs_int4
+def test_stacked_layers_share_codes_that_are_block_aligned() -> None:
+    layers = [
+        Int4Linear(*fit_grid(grid_weight(size, 128, seed=seed)), None, torch.bfloat16)
+        for size, seed in [(64, 0), (128, 1)]
+    ]
+    stacked = Int4Linear.stacked(layers)
+    start = stacked.packed.data_ptr()
+    end = start + stacked.packed.numel() * stacked.packed.element_size()
+    for layer in layers:
+        assert start <= layer.packed.data_ptr() < end
+        assert layer.nibbles.data_ptr() >= stacked.nibbles.data_ptr()
+
+
+@needs_int4
 def test_decode_bytes_are_a_quarter_of_bf16_plus_scales() -> None:
     packed = Int4Linear(*fit_grid(grid_weight(96, 128)), None, torch.bfloat16)
     weight_bytes = 96 * 128 // 2

@@ -48,7 +48,7 @@ def test_three_turns_on_the_default_model(default_model) -> None:
     settings, _ = load_settings()
     setting = find_setting(settings, "fantasy")
     story = new_story(starting_story_parts(setting, setting.character("knight"), "Bob"), "Bob")
-    engine = Engine(default_model.model, default_model.tokenizer, window=default_model.window)
+    engine = Engine.for_model(default_model)
     game = Game(
         story=story,
         engine=engine,
@@ -82,14 +82,11 @@ def test_repacked_default_model_picks_the_same_next_tokens_as_fp32(default_model
     ids = default_model.tokenizer(text, return_tensors="pt").input_ids[:, :400]
     with torch.inference_mode():
         expected = reference.model(input_ids=ids).logits.argmax(-1)
-        # One token at a time through the engine's cache: the decoding path, the int4 kernel's.
-        engine = Engine(default_model.model, default_model.tokenizer, window=default_model.window)
+        # One token at a time into the engine's cache, through the lean step that decodes in play.
+        engine = Engine.for_model(default_model)
+        assert engine.step is not None
         cache = engine._new_cache(1, default_model.window)
-        picks = []
-        for position in range(ids.shape[1]):
-            step = ids[:, position : position + 1]
-            out = default_model.model(input_ids=step, use_cache=True, **{engine._cache_arg: cache})
-            picks.append(out.logits[:, -1].argmax(-1))
+        picks = [engine.step(ids[:, position], position, cache).argmax(-1) for position in range(ids.shape[1])]
     agreement = (torch.stack(picks, dim=1) == expected).float().mean().item()
     print(f"top-1 agreement with fp32: {agreement:.4f}")
     assert agreement >= 0.95, f"top-1 agreement with fp32 is {agreement:.3f}"

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
@@ -24,7 +25,11 @@ from transformers.cache_utils import StaticLayer
 
 from aidungeon.config import Sampling
 from aidungeon.errors import OutOfMemoryError
+from aidungeon.model.fastpath import DecodeStep
 from aidungeon.model.sampling import build_processors, sample_next
+
+if TYPE_CHECKING:
+    from aidungeon.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,13 @@ class Engine:
     """Generates continuations for one model, keeping its KV cache between calls."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, window: int, static_cache: bool = True
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        window: int,
+        static_cache: bool = True,
+        step: DecodeStep | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -137,6 +148,8 @@ class Engine:
         # makes of every layer. transformers' static cache cannot fan out into a batch, so
         # best-of-n draws (n > 1) use a growing one.
         self.static_cache = static_cache
+        # A lean one-token forward (fastpath.py) for decoding into a static cache, when the model has one.
+        self.step = step
         self.device = next(model.parameters()).device
         self.eos_ids = self._eos_ids()
         # transformers 5.24 renamed `past_key_values=` to `cache=`; older 5.x know only the first.
@@ -145,6 +158,11 @@ class Engine:
         # Token ids of each row of the cache, so the next prompt can find its longest prefix.
         self._cached_rows: list[list[int]] = []
         self._owner: Generation | None = None
+
+    @classmethod
+    def for_model(cls, loaded: LoadedModel) -> Engine:
+        """The engine for a loaded model, with its lean decode step when it has one."""
+        return cls(loaded.model, loaded.tokenizer, window=loaded.window, step=loaded.decoder)
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
@@ -349,12 +367,18 @@ class Engine:
             for cached, token in zip(self._cached_rows, token_list, strict=True):
                 cached.append(token)
             with torch.inference_mode():
-                out = self.model(input_ids=tokens[:, None], use_cache=True, **{self._cache_arg: self._cache})
-                logits = out.logits[:, -1, :].float()
+                logits = self._next_logits(tokens)
         stats.decode_s = time.perf_counter() - decode_start if decode_start else 0.0
         for row in rows:
             if not row.done:
                 row.stop_reason = "length"
+
+    def _next_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed each row's new token; return the logits (rows, vocab) after it."""
+        if self.step is not None and isinstance(self._cache, StaticCache):
+            return self.step(tokens, len(self._cached_rows[0]) - 1, self._cache).float()
+        out = self.model(input_ids=tokens[:, None], use_cache=True, **{self._cache_arg: self._cache})
+        return out.logits[:, -1, :].float()
 
     def _advance(self, row: _Row, token: int, logprob: float, stop: StopRule | None) -> None:
         if token in self.eos_ids:

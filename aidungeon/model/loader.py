@@ -75,6 +75,8 @@ class LoadedModel:
     folder: Path
     # Linear layers stored as 4-bit groups (model/packing.py): only where that loses nothing.
     packed_layers: int = 0
+    # The lean one-token forward for decoding (model/fastpath.py), where the model has one.
+    decoder: Any = None
 
     @property
     def layout(self) -> Layout:
@@ -250,7 +252,8 @@ def load_model(
     pack: bool = True,
 ) -> LoadedModel:
     """Resolve, check and load a model for play. On the CPU, linear layers get the faster
-    layouts of `packing.py`; `pack=False` keeps torch's own (to measure what packing buys)."""
+    layouts of `packing.py` and decoding the lean step of `fastpath.py`; `pack=False` keeps
+    torch's layers and transformers' forward (to measure what they buy)."""
     name, folder = resolve(spec, paths, progress=progress)
     device = choose_device(device)
     dtype = choose_dtype(dtype, device, PRESETS.get(name))
@@ -260,6 +263,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from aidungeon.model.fastpath import lean_decoder
     from aidungeon.model.packing import int4_supported, prepack_dense, repack_4bit
 
     hf_logging.disable_progress_bar()
@@ -275,12 +279,15 @@ def load_model(
         raise ModelError(f"could not load {name} from {folder}: {err}") from None
     packed = repack_4bit(model, torch.bfloat16) if repack else 0
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    decoder = None
     if pack and device == "cpu":
         prepacked = prepack_dense(model)  # after the cast: a packed layout is made for one dtype
         if prepacked or packed:
             _own_memory(model)
+        # Last: it stacks 4-bit layers into shared memory that `_own_memory` would copy apart.
+        decoder = lean_decoder(model)
     window = _window(model, tokenizer, PRESETS.get(name))
-    return LoadedModel(name, model, tokenizer, device, dtype, window, folder, packed_layers=packed)
+    return LoadedModel(name, model, tokenizer, device, dtype, window, folder, packed_layers=packed, decoder=decoder)
 
 
 def _own_memory(model: Any) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -97,9 +97,43 @@ class Int4Linear(torch.nn.Module):
         self.register_buffer("lowest", lowest.to(dtype))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(dtype), requires_grad=False)
 
+    @classmethod
+    def stacked(cls, layers: Sequence[Int4Linear]) -> Int4Linear:
+        """One layer giving the outputs of `layers` (same input) side by side, from one kernel call.
+
+        The layers then keep views of its codes, so they are not stored twice. The kernel's
+        layout interleaves rows in blocks (64 on AVX-512), so a layer keeps its own packed codes
+        where its rows do not start and end on a block boundary."""
+        bias = None
+        if any(layer.bias is not None for layer in layers):
+            bias = torch.cat(
+                [torch.zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
+            )
+        stacked = cls(
+            torch.cat([layer.codes() for layer in layers]),
+            torch.cat([layer.step for layer in layers]).float(),
+            torch.cat([layer.lowest for layer in layers]).float(),
+            bias,
+            layers[0].step.dtype,
+        )
+        # The layers' own scales, not ones recomputed from their rounded steps.
+        stacked.scale_zero = torch.cat([layer.scale_zero for layer in layers], dim=1).contiguous()
+        start = 0
+        for layer in layers:
+            rows = slice(start, start + layer.out_features)
+            if torch.equal(stacked.packed[rows], layer.packed):
+                layer.packed = stacked.packed[rows]
+            layer.nibbles, layer.step, layer.lowest = stacked.nibbles[rows], stacked.step[rows], stacked.lowest[rows]
+            start = rows.stop
+        return stacked
+
+    def codes(self) -> torch.Tensor:
+        """The 4-bit codes (out, in), one per byte."""
+        return torch.stack([self.nibbles & 15, self.nibbles >> 4], dim=-1).reshape(self.out_features, self.in_features)
+
     def dequantized(self) -> torch.Tensor:
         """The weight (out, in) in the layer's dtype."""
-        codes = torch.stack([self.nibbles & 15, self.nibbles >> 4], dim=-1).reshape(self.out_features, -1, GROUP)
+        codes = self.codes().reshape(self.out_features, -1, GROUP)
         weight = codes.to(self.step.dtype) * self.step[..., None] + self.lowest[..., None]
         return weight.reshape(self.out_features, self.in_features)
 
@@ -108,6 +142,9 @@ class Int4Linear(torch.nn.Module):
         return sum(t.numel() * t.element_size() for t in (self.packed, self.scale_zero))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == self.step.dtype and self.bias is None:
+            # Decoding's case, without the reshapes: a step makes some 150 of these calls.
+            return torch._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scale_zero)
         rows = x.reshape(-1, self.in_features).to(self.step.dtype)
         if rows.shape[0] <= KERNEL_MAX_ROWS:
             out = torch._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scale_zero)
