@@ -1,5 +1,6 @@
 """The lean decode step gives the logits and cache that transformers' forward gives, for GPT-2 and
-Llama models in every layout the loader makes (fp32 prepacked, bf16 with 4-bit layers)."""
+Llama-family models (Llama, Qwen2 with its biases, Mistral) in every layout the loader makes
+(fp32 prepacked, bf16 with 4-bit layers)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 from test_packing import snap_to_grid  # pytest puts tests/ on the path
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, StaticCache
+from transformers import (
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    StaticCache,
+)
 from transformers.pytorch_utils import Conv1D
 
 from aidungeon.config import Sampling
@@ -32,11 +44,20 @@ def _snap_linears(model: torch.nn.Module) -> None:
             module.weight.data = snap_to_grid(module.weight.data)
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama (grouped-query attention, tied head) on a 4-bit grid, saved in fp16."""
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def llama_dir(request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama-family model (grouped-query attention, tied head; Qwen2's q/k/v have
+    biases) on a 4-bit grid, saved in fp16."""
+    config_class, model_class = FAMILIES[request.param]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -46,11 +67,16 @@ def llama_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         max_position_embeddings=256,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
+        sliding_window=None,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
+    with torch.no_grad():
+        for module in model.modules():  # random init leaves biases at zero: make them count
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_()
     _snap_linears(model)
-    folder = tmp_path_factory.mktemp("tiny-llama")
+    folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
     model.to(torch.float16).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -106,24 +132,31 @@ def test_gpt2_fp32_decodes_as_transformers_does(tiny_model_dir: Path, tmp_path: 
     _assert_same_decoding(loaded, tolerance=1e-4)
 
 
-def test_llama_fp32_decodes_as_transformers_does(llama_dir: Path, tmp_path: Path) -> None:
+def test_llama_models_in_fp32_decode_as_transformers_does(llama_dir: Path, tmp_path: Path) -> None:
     loaded = _load(llama_dir, "float32", tmp_path)
     assert isinstance(loaded.decoder, LlamaStep)
     _assert_same_decoding(loaded, tolerance=1e-4)
 
 
-@pytest.mark.skipif(not int4_supported(), reason="this torch has no CPU int4 kernel")
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_4bit_models_decode_as_transformers_does(
-    family: str, llama_dir: Path, grid_gpt2_dir: Path, tmp_path: Path
-) -> None:
-    loaded = _load(llama_dir if family == "llama" else grid_gpt2_dir, "bfloat16", tmp_path)
-    assert loaded.packed_layers > 0 and loaded.decoder is not None
+needs_int4 = pytest.mark.skipif(not int4_supported(), reason="this torch has no CPU int4 kernel")
+
+
+@needs_int4
+def test_4bit_llama_models_decode_as_transformers_does(llama_dir: Path, tmp_path: Path) -> None:
+    loaded = _load(llama_dir, "bfloat16", tmp_path)
+    assert loaded.packed_layers > 0 and isinstance(loaded.decoder, LlamaStep)
     # bf16 attention sums in a different order over the used slots than over the masked cache.
     _assert_same_decoding(loaded, tolerance=0.05)
 
 
-@pytest.mark.skipif(not int4_supported(), reason="this torch has no CPU int4 kernel")
+@needs_int4
+def test_4bit_gpt2_decodes_as_transformers_does(grid_gpt2_dir: Path, tmp_path: Path) -> None:
+    loaded = _load(grid_gpt2_dir, "bfloat16", tmp_path)
+    assert loaded.packed_layers > 0 and isinstance(loaded.decoder, Gpt2Step)
+    _assert_same_decoding(loaded, tolerance=0.05)
+
+
+@needs_int4
 def test_llama_4bit_projections_run_as_one_product(llama_dir: Path, tmp_path: Path) -> None:
     loaded = _load(llama_dir, "bfloat16", tmp_path)
     calls = 0
@@ -151,6 +184,8 @@ def test_llama_4bit_projections_run_as_one_product(llama_dir: Path, tmp_path: Pa
 def test_other_models_keep_transformers_forward() -> None:
     config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, add_cross_attention=True)
     assert lean_decoder(GPT2LMHeadModel(config)) is None
+    windowed = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    assert windowed.sliding_window is not None and lean_decoder(MistralForCausalLM(windowed)) is None
     assert lean_decoder(torch.nn.Linear(2, 2)) is None
 
 

@@ -1,4 +1,4 @@
-"""A lean one-token decode step for GPT-2 and Llama models (SmolLM2 is one) on the CPU.
+"""A lean one-token decode step for GPT-2 and Llama-family models (SmolLM2, Qwen2, Mistral) on the CPU.
 
 At one token a step, transformers' general forward costs more than the layers' kernels: mask
 building, cache bookkeeping, keyword plumbing and a module call per projection. SmolLM2 spends
@@ -28,6 +28,8 @@ from aidungeon.model.packing import Int4Linear
 
 Projection = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
+LLAMA_LIKE = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+
 
 class DecodeStep(Protocol):
     def __call__(self, token: torch.Tensor, position: int, cache: StaticCache) -> torch.Tensor:
@@ -38,10 +40,12 @@ class DecodeStep(Protocol):
 
 def lean_decoder(model: Any) -> DecodeStep | None:
     """The lean step for this model, or None where transformers' forward must be used."""
-    kind = type(model).__name__
-    if kind == "GPT2LMHeadModel" and not model.config.add_cross_attention and not model.config.reorder_and_upcast_attn:
+    kind, config = type(model).__name__, getattr(model, "config", None)
+    if kind == "GPT2LMHeadModel" and not config.add_cross_attention and not config.reorder_and_upcast_attn:
         return Gpt2Step(model)
-    if kind == "LlamaForCausalLM":
+    # Qwen2 and Mistral are Llama's layers with biases or another rotary setting; a sliding
+    # window would limit attention to recent tokens, which this step does not do.
+    if kind in LLAMA_LIKE and getattr(config, "sliding_window", None) is None:
         return LlamaStep(model)
     return None
 
