@@ -133,13 +133,9 @@ class _Gpt2Layer:
         attention, mlp = block.attn, block.mlp
         self.heads, self.embed_dim = config.num_attention_heads, config.hidden_size
         self.scaling = attention.scaling
-        self.norm_1, self.qkv, self.out = block.ln_1.forward, attention.c_attn.forward, attention.c_proj.forward
-        self.norm_2, self.up, self.act, self.down = (
-            block.ln_2.forward,
-            mlp.c_fc.forward,
-            mlp.act.forward,
-            mlp.c_proj.forward,
-        )
+        self.norm_1, self.norm_2 = block.ln_1.forward, block.ln_2.forward
+        self.qkv, self.out = attention.c_attn.forward, attention.c_proj.forward
+        self.up, self.act, self.down = mlp.c_fc.forward, mlp.act.forward, mlp.c_proj.forward
 
     def __call__(self, hidden: torch.Tensor, cache_layer: Any, position: int) -> torch.Tensor:
         q, k, v = self.qkv(self.norm_1(hidden)).view(3, 1, self.heads, 1, -1)

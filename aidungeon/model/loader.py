@@ -18,12 +18,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aidungeon.context import Layout, layout_for
 from aidungeon.errors import ModelError, OutOfMemoryError
 from aidungeon.model.provision import SMOLLM2, ProgressFn, WheelSource, convert_gguf, is_converted, no_progress
 from aidungeon.paths import Paths
+
+if TYPE_CHECKING:
+    from aidungeon.model.fastpath import DecodeStep
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class LoadedModel:
     # Linear layers stored as 4-bit groups (model/packing.py): only where that loses nothing.
     packed_layers: int = 0
     # The lean one-token forward for decoding (model/fastpath.py), where the model has one.
-    decoder: Any = None
+    decoder: DecodeStep | None = None
 
     @property
     def layout(self) -> Layout:
