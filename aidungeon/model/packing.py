@@ -142,9 +142,6 @@ class Int4Linear(torch.nn.Module):
         return sum(t.numel() * t.element_size() for t in (self.packed, self.scale_zero))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == self.step.dtype and self.bias is None:
-            # Decoding's case, without the reshapes: a step makes some 150 of these calls.
-            return torch._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scale_zero)
         rows = x.reshape(-1, self.in_features).to(self.step.dtype)
         if rows.shape[0] <= KERNEL_MAX_ROWS:
             out = torch._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scale_zero)

@@ -69,9 +69,10 @@ def _bindings() -> KeyBindings:
     return bindings
 
 
-# What leaves the start menu, as Ctrl-D does. Bare words only where a menu's answers are
-# fixed: a character's name or an opening may well be "quit".
-QUIT_COMMANDS = ("/quit", "/q", "/exit")
+# What leaves the start menu, as Ctrl-D does: the game's /quit and its aliases. Bare words only
+# where a menu's answers are fixed: a character's name or an opening may well be "quit".
+_QUIT = REGISTRY["quit"]
+QUIT_COMMANDS = tuple(f"/{name}" for name in (_QUIT.name, *_QUIT.aliases))
 QUIT_WORDS = (*QUIT_COMMANDS, "quit", "exit")
 
 
