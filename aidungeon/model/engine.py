@@ -23,9 +23,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from transformers.cache_utils import StaticLayer
 
-from aidungeon.config import Sampling
-from aidungeon.errors import OutOfMemoryError
-from aidungeon.model.fastpath import DecodeStep
+from aidungeon.core.config import Sampling
+from aidungeon.core.errors import OutOfMemoryError
+from aidungeon.model.cpu.fastpath import DecodeStep
 from aidungeon.model.sampling import build_processors, sample_next
 
 if TYPE_CHECKING:

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aidungeon.context import Layout, layout_for
-from aidungeon.errors import ModelError, OutOfMemoryError
+from aidungeon.core.context import Layout, layout_for
+from aidungeon.core.errors import ModelError, OutOfMemoryError
 from aidungeon.model.provision import SMOLLM2, ProgressFn, WheelSource, convert_gguf, is_converted, no_progress
-from aidungeon.paths import Paths
+from aidungeon.storage.paths import Paths
 
 if TYPE_CHECKING:
-    from aidungeon.model.fastpath import DecodeStep
+    from aidungeon.model.cpu.fastpath import DecodeStep
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,8 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from aidungeon.model.fastpath import lean_decoder
-    from aidungeon.model.packing import int4_supported, prepack_dense, repack_4bit
+    from aidungeon.model.cpu.fastpath import lean_decoder
+    from aidungeon.model.cpu.packing import int4_supported, prepack_dense, repack_4bit
 
     hf_logging.disable_progress_bar()
     repack = pack and device == "cpu" and dtype == "bfloat16" and int4_supported()

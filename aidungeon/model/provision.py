@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aidungeon.errors import ModelError
+from aidungeon.core.errors import ModelError
 
 # (message, fraction done or None when unknown); the UI turns these into progress bars.
 ProgressFn = Callable[[str, "float | None"], None]

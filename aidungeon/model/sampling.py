@@ -20,7 +20,7 @@ from transformers import (
     TemperatureLogitsWarper,
 )
 
-from aidungeon.config import Sampling
+from aidungeon.core.config import Sampling
 
 
 class RangeRepetitionPenalty(LogitsProcessor):

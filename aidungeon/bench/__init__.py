@@ -1,0 +1,1 @@
+"""Benchmarks: speed (`bench.speed`) and story coherence (`bench.coherence`), with their data."""

@@ -1,0 +1,355 @@
+"""`aidungeon bench`: measured speed of real turns on this machine.
+
+It plays one scripted session (the same actions every time) through the real game pipeline
+twice in one process: in normal mode (KV cache reused across turns) and in naive mode
+(re-encode the whole window every turn, as AI Dungeon 2 and KoboldAI did), and reports
+per-turn medians, their ratios, peak memory, startup time, and decode speed against the
+memory-bandwidth bound measured in the same run. Ratios from one run are what to compare:
+these machines are shared and noisy. `aidungeon bench coherence` lives in `bench_coherence`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aidungeon.core.config import Config
+from aidungeon.storage.paths import Paths, default_paths
+
+ACTIONS = (
+    "look around",
+    "walk toward the old tower",
+    "I draw my sword",
+    'say "Who goes there?"',
+    "search the ground for tracks",
+    "climb the crumbling stairs",
+    "open the iron door",
+    "light a torch",
+    "ask the stranger about the dragon",
+    "follow the river north",
+)
+OPENING = (
+    "You are Aria, a ranger of the northern woods. You carry a longbow, a hunting knife and a map "
+    "your father drew before he vanished. For three days you have followed the tracks of a beast "
+    "that no hunter in the village could name. Tonight the tracks lead to the ruins of an old tower, "
+    "and you"
+)
+
+
+WARMUP_TURNS = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", nargs="?", choices=["speed", "coherence"], default="speed", help="what to measure")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model spec (default: the configured model)")
+    source.add_argument("--random-gpt2", choices=["124M", "355M"], help="a random-weight GPT-2 of that shape")
+    parser.add_argument("--turns", type=int, default=None, help="turns per session (speed: 20, coherence: 30)")
+    parser.add_argument("--adventures", type=int, default=6, help="coherence: scripted adventures to play")
+    parser.add_argument("--context", type=int, default=1024, help="window in tokens (default 1024)")
+    parser.add_argument("--script", help="coherence: the scripted adventures (default: those shipped in the package)")
+    parser.add_argument("--max-new-tokens", type=int, default=60)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--unpacked", action="store_true", help="keep torch's own weight layout on the CPU (to measure packing)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+@dataclass
+class TurnRecord:
+    ttft_s: float
+    turn_s: float
+    prefill_tokens: int
+    cache_hit: bool
+    decode_tok_s: float
+    # Every attempt gave unusable text (the game said so); its time is still a real turn's.
+    stalled: bool = False
+
+
+def run_bench(args: argparse.Namespace, paths: Paths, console: Any) -> int:
+    if args.kind == "coherence":
+        from aidungeon.bench.coherence import run_coherence
+
+        return run_coherence(args, paths, console)
+    results = speed_bench(args, paths)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_speed(results, console)
+    return 0
+
+
+def speed_bench(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
+    """Load the model, play the session normally and naively, and gather the figures."""
+    from aidungeon.model.loader import load_model
+
+    spec = _model_spec(args, paths)
+    loaded = load_model(spec, paths, device=args.device, dtype=args.dtype, pack=not args.unpacked)
+    startup_s = time.time() - process_start_time()
+    turns = args.turns or 20
+    config = (
+        Config()
+        .with_value("context_tokens", min(args.context, loaded.window))
+        .with_value("max_new_tokens", args.max_new_tokens)
+        .with_value("seed", 1234)
+        .with_value("candidates", 1)
+    )
+    raw = args.random_gpt2 is not None
+    # On the project's VM the same read measures ~35 or ~65 GB/s depending on the process's
+    # history, so it is taken before and after the sessions, and the bound uses the faster.
+    bandwidths = [read_bandwidth(loaded.device)]
+    # Untimed turns first: kernel selection, allocator growth and GPU clocks settle in them.
+    play_session(loaded, config, WARMUP_TURNS, reuse_cache=True, raw=raw)
+    normal = play_session(loaded, config, turns, reuse_cache=True, raw=raw)
+    naive = play_session(loaded, config, turns, reuse_cache=False, raw=raw)
+    bandwidths.append(read_bandwidth(loaded.device))
+    weight_bytes = decode_weight_bytes(loaded.model)
+    return summarize(
+        loaded,
+        normal,
+        naive,
+        weight_bytes=weight_bytes,
+        bandwidths=bandwidths,
+        head_bandwidth=head_bandwidth(loaded.model),
+        startup_s=startup_s,
+    )
+
+
+def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
+    if args.random_gpt2 is None:
+        from aidungeon.core.config import load_config
+
+        return args.model or load_config(paths.config_file).app.model
+    from aidungeon.model.tiny import adventure_corpus, build_model_dir
+
+    folder = paths.cache_dir / "bench" / f"random-gpt2-{args.random_gpt2}"
+    if not (folder / "config.json").is_file():
+        build_model_dir(folder, shape=args.random_gpt2, texts=adventure_corpus(200))
+    return str(folder)
+
+
+def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, raw: bool) -> list[TurnRecord]:
+    """Play the scripted actions; `raw` keeps uncleaned text (random weights write noise)."""
+    from aidungeon.core.story import Story
+    from aidungeon.game.session import STALLED, Game
+    from aidungeon.model.engine import Engine
+
+    engine = Engine.for_model(loaded)
+    with tempfile.TemporaryDirectory(prefix="aidungeon-bench-") as home:
+        game = Game(
+            story=Story(opening=OPENING, title="bench", pin_opening=True),
+            engine=engine,
+            config=config,
+            paths=default_paths({"AIDUNGEON_HOME": home}),
+            save_name="bench",
+            model_name=loaded.name,
+            layout=loaded.layout,
+            reuse_cache=reuse_cache,
+            rules="raw" if raw else "guard",
+        )
+        records = []
+        for number in range(turns):
+            start = time.perf_counter()
+            events = list(game.handle(ACTIONS[number % len(ACTIONS)]))
+            elapsed = time.perf_counter() - start
+            errors = [e for e in events if e.kind == "error"]
+            if any(e.data != STALLED for e in errors):
+                raise RuntimeError(f"bench turn {number + 1} failed: {errors[0].text}")
+            stats = game.last_generation
+            records.append(
+                TurnRecord(
+                    ttft_s=stats.ttft_s,
+                    turn_s=elapsed,
+                    prefill_tokens=stats.prefill_tokens,
+                    cache_hit=stats.cache_hit,
+                    decode_tok_s=stats.decode_tok_s,
+                    stalled=bool(errors),
+                )
+            )
+    return records
+
+
+def decode_weight_bytes(model: Any) -> int:
+    """Bytes of weights one decode step reads: every parameter and every 4-bit layer's packed
+    codes, except that an input embedding table not doubling as the LM head is only looked up
+    (one row), not read whole."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(m.decode_bytes() for m in model.modules() if hasattr(m, "decode_bytes"))
+    table = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if getattr(head, "weight", None) is not table:
+        total -= table.numel() * table.element_size()
+    return total
+
+
+def read_bandwidth(device: str, size_mb: int = 256, repeats: int = 5) -> float:
+    """Memory read bandwidth in bytes/s: the best of a few full reads of a large tensor."""
+    import torch
+
+    data = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        data.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return data.numel() * 4 / best
+
+
+def head_bandwidth(model: Any, repeats: int = 5) -> float:
+    """Bytes/s at which the LM head, in the layout decoding uses, reads its weights for one row.
+
+    The head is the model's largest layer and larger than any CPU cache, so this is what the
+    one-row product itself reaches here: the ceiling the read bandwidth above cannot show."""
+    import torch
+
+    head = model.get_output_embeddings()
+    parameter = next(model.parameters())
+    weight = getattr(head, "weight", None)
+    size = head.decode_bytes() if weight is None else weight.numel() * weight.element_size()
+    row = torch.zeros(1, 1, head.in_features, dtype=parameter.dtype, device=parameter.device)
+    best = float("inf")
+    with torch.inference_mode():
+        head(row)
+        for _ in range(repeats):
+            _sync(parameter.device.type)
+            start = time.perf_counter()
+            head(row)
+            _sync(parameter.device.type)
+            best = min(best, time.perf_counter() - start)
+    return size / best
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def summarize(
+    loaded: Any,
+    normal: list[TurnRecord],
+    naive: list[TurnRecord],
+    *,
+    weight_bytes: int,
+    bandwidths: list[float],
+    head_bandwidth: float,
+    startup_s: float,
+) -> dict[str, Any]:
+    def median(records: list[TurnRecord], field: str) -> float:
+        return statistics.median(getattr(r, field) for r in records)
+
+    decode = median(normal, "decode_tok_s")
+    bandwidth = max(bandwidths)
+    bound = bandwidth / weight_bytes
+    return {
+        "model": loaded.name,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "packed_layers": loaded.packed_layers,
+        "machine": machine_description(loaded.device),
+        "turns": len(normal),
+        "median_ttft_s": median(normal, "ttft_s"),
+        "median_turn_s": median(normal, "turn_s"),
+        "naive_median_ttft_s": median(naive, "ttft_s"),
+        "naive_median_turn_s": median(naive, "turn_s"),
+        "ttft_ratio": median(normal, "ttft_s") / median(naive, "ttft_s"),
+        "turn_ratio": median(normal, "turn_s") / median(naive, "turn_s"),
+        "cache_hit_ratio": sum(r.cache_hit for r in normal) / len(normal),
+        "stalled_turns": sum(r.stalled for r in normal),
+        "median_prefill_tokens": median(normal, "prefill_tokens"),
+        "naive_median_prefill_tokens": median(naive, "prefill_tokens"),
+        "decode_tok_s": decode,
+        "naive_decode_tok_s": median(naive, "decode_tok_s"),
+        "decode_bound_tok_s": bound,
+        "decode_fraction_of_bound": decode / bound,
+        "weight_mb": weight_bytes / 2**20,
+        "read_bandwidth_gb_s": bandwidth / 1e9,
+        "read_bandwidth_samples_gb_s": [b / 1e9 for b in bandwidths],
+        "head_bandwidth_gb_s": head_bandwidth / 1e9,
+        "decode_fraction_of_head_bound": decode * weight_bytes / head_bandwidth,
+        "peak_rss_mb": peak_rss_mb(),
+        "startup_s": startup_s,
+        "per_turn": [vars(r) for r in normal],
+    }
+
+
+def print_speed(results: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    packed = f", {results['packed_layers']} layers in 4 bits" if results["packed_layers"] else ""
+    console.print(f"{results['model']} on {results['device']} ({results['dtype']}{packed}), {results['machine']}")
+    table = Table(title=f"Per turn, {results['turns']} turns")
+    for column in ("turn", "ttft s", "turn s", "prefill tokens", "cache hit", "decode tok/s"):
+        table.add_column(column, justify="right")
+    for number, record in enumerate(results["per_turn"], start=1):
+        table.add_row(
+            str(number),
+            f"{record['ttft_s']:.3f}",
+            f"{record['turn_s']:.2f}",
+            str(record["prefill_tokens"]),
+            "yes" if record["cache_hit"] else "no",
+            f"{record['decode_tok_s']:.1f}",
+        )
+    console.print(table)
+    lines = [
+        f"median time to first token {results['median_ttft_s']:.3f} s "
+        f"(naive {results['naive_median_ttft_s']:.3f} s, ratio {results['ttft_ratio']:.3f})",
+        f"median turn {results['median_turn_s']:.2f} s (naive {results['naive_median_turn_s']:.2f} s, "
+        f"ratio {results['turn_ratio']:.3f})",
+        f"cache hits {results['cache_hit_ratio']:.0%}, stalled turns {results['stalled_turns']}",
+        f"decode {results['decode_tok_s']:.1f} tok/s, bound {results['decode_bound_tok_s']:.1f} tok/s "
+        f"({results['weight_mb']:.0f} MB of weights at {results['read_bandwidth_gb_s']:.1f} GB/s, the faster of "
+        f"{' and '.join(f'{b:.1f}' for b in results['read_bandwidth_samples_gb_s'])}): "
+        f"{results['decode_fraction_of_bound']:.2f} of the bound",
+        f"the LM head's one-row product reads at {results['head_bandwidth_gb_s']:.1f} GB/s: decode is "
+        f"{results['decode_fraction_of_head_bound']:.2f} of reading every weight at that speed",
+        f"peak RSS {results['peak_rss_mb']:.0f} MB, startup {results['startup_s']:.2f} s",
+    ]
+    for line in lines:
+        console.print(line, markup=False)
+
+
+def peak_rss_mb() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return usage / 2**20 if sys.platform == "darwin" else usage / 2**10
+
+
+def process_start_time() -> float:
+    """When this process started (wall clock), from /proc on Linux; else when aidungeon was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        from aidungeon.cli.main import PROCESS_START
+
+        return time.time() - (time.perf_counter() - PROCESS_START)
+
+
+def machine_description(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads"

@@ -1,0 +1,144 @@
+"""The management subcommands: models, doctor, saves, import and export.
+
+Each takes the paths and a rich console, prints a short report, and returns an exit code.
+Problems are raised as AIDungeonError for the CLI to show as one line.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from aidungeon import __version__
+from aidungeon.core.errors import SaveError
+from aidungeon.storage import saves
+from aidungeon.storage.paths import Paths
+
+
+def show_models(paths: Paths, console: Any) -> int:
+    """`aidungeon models`: the presets and whether each is on this machine."""
+    from aidungeon.model.loader import PRESETS, is_present
+
+    table = Table(title="Models")
+    for column in ("preset", "present", "about"):
+        table.add_column(column)
+    for preset in PRESETS.values():
+        table.add_row(preset.name, "yes" if is_present(preset, paths) else "no", preset.description)
+    console.print(table)
+    console.print(
+        "Any local model folder, .gguf file or cached Hugging Face id works too: aidungeon --model SPEC",
+        markup=False,
+    )
+    return 0
+
+
+def doctor(paths: Paths, console: Any) -> int:
+    """`aidungeon doctor`: what the game sees of this machine, for bug reports."""
+    import torch
+    import transformers
+
+    from aidungeon.model.cpu.packing import int4_supported, onednn_supported
+    from aidungeon.model.loader import PRESETS, available_bytes, choose_device, is_present
+
+    device = choose_device("auto")
+    free = available_bytes(device)
+    rows = [
+        ("aidungeon", __version__),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("torch", torch.__version__),
+        ("transformers", transformers.__version__),
+        ("device", device + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")),
+        ("free memory", f"{free / 2**30:.1f} GiB" if free is not None else "unknown"),
+        ("cpu threads", str(torch.get_num_threads())),
+        ("weight layouts", _layouts(int4_supported(), onednn_supported())),
+        ("models present", ", ".join(p.name for p in PRESETS.values() if is_present(p, paths)) or "none yet"),
+        ("config", str(paths.config_file)),
+        ("saves", str(paths.saves_dir)),
+        ("stories", str(paths.stories_dir)),
+        ("model cache", str(paths.models_dir)),
+    ]
+    table = Table(title="aidungeon doctor", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")  # paths whole, never cut with an ellipsis
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    return 0
+
+
+def _layouts(int4: bool, onednn: bool) -> str:
+    """Which of packing.py's faster CPU layouts this torch offers."""
+    found = [name for name, present in (("4-bit groups", int4), ("oneDNN prepacked", onednn)) if present]
+    return ", ".join(found) or "none (plain torch layers)"
+
+
+def manage_saves(paths: Paths, console: Any, action: str, name: str | None, *, yes: bool) -> int:
+    """`aidungeon saves` lists; `aidungeon saves rm NAME` removes after asking."""
+    if action == "rm":
+        if not name:
+            raise SaveError("usage: aidungeon saves rm NAME")
+        saves.read_save(paths.saves_dir, name)  # fails clearly when there is no such save
+        if not yes and not _confirm(console, f"Remove the save {name!r}? This cannot be undone. [y/N] "):
+            console.print("Kept.")
+            return 1
+        saves.delete_save(paths.saves_dir, name)
+        console.print(f"Removed {name}.", markup=False)
+        return 0
+    infos = saves.list_saves(paths.saves_dir)
+    if not infos:
+        console.print("No saved adventures yet.")
+        return 0
+    table = Table(title="Saves")
+    for column in ("name", "last played", "turns", "model", "title"):
+        # Never cut short with an ellipsis: the player types the name back to load it.
+        table.add_column(column, overflow="fold", no_wrap=column == "name")
+    for info in infos:
+        table.add_row(info.name, info.saved_at.strftime("%Y-%m-%d %H:%M"), str(info.turns), info.model, info.title)
+    console.print(table)
+    return 0
+
+
+def _confirm(console: Any, question: str) -> bool:
+    console.print(question, end="", markup=False)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def import_saves(paths: Paths, console: Any, file: Path, name: str | None) -> int:
+    """`aidungeon import FILE`: convert another game's save into ours (never over an existing save)."""
+    from aidungeon.storage.interop import import_file
+
+    stories, notes = import_file(file)
+    for number, story in enumerate(stories, start=1):
+        if name:
+            target = saves.sanitize_name(name if len(stories) == 1 else f"{name}-{number}")
+            if saves.save_path(paths.saves_dir, target).exists():
+                raise SaveError(f"a save called {target} exists already; choose another --name")
+        else:
+            target = saves.autosave_name(paths.saves_dir, story)
+        saves.write_save(paths.saves_dir, target, saves.SaveData(story=story, model="", settings={}))
+        console.print(f"Imported {story.title or file.name} as {target} ({len(story.path())} turns)", markup=False)
+    for note in notes:
+        console.print(f"note: {note}", style="dim", markup=False)
+    return 0
+
+
+def export_save(paths: Paths, console: Any, name: str, fmt: str, output: Path | None) -> int:
+    """`aidungeon export NAME`: write a save as md, txt or html."""
+    from aidungeon.storage.interop import export_story
+
+    data, _warnings = saves.read_save(paths.saves_dir, name)
+    text = export_story(data.story, fmt)
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise SaveError(f"could not write {output}: {err.strerror}") from None
+    console.print(f"Exported {name} to {output}", markup=False)
+    return 0

@@ -1,0 +1,240 @@
+"""Command line: parse arguments, build the objects, run. Thin by design.
+
+`aidungeon` plays (menu, or straight in with --prompt, --setting or --load); the subcommands
+`models`, `saves`, `import`, `export`, `doctor` and `bench` manage the rest. Every
+AIDungeonError ends as one clear line and an exit code, never a traceback. torch is imported
+only once a model is needed, so `--help` and `--version` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aidungeon import __version__
+from aidungeon.core.config import DEVICES, DTYPES, Config, load_config
+from aidungeon.core.errors import AIDungeonError, ConfigError
+from aidungeon.storage.paths import Paths, default_paths
+
+PROCESS_START = time.perf_counter()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aidungeon",
+        description="An AI text adventure for your terminal, played on a local language model.",
+        epilog="Commands inside the game start with /; type /help there.",
+    )
+    parser.add_argument("--version", action="version", version=f"aidungeon {__version__}")
+    _add_play_options(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("models", help="list the model presets and which are on this machine")
+    commands.add_parser("doctor", help="show the device, memory, versions, models and folders")
+    saves = commands.add_parser("saves", help="list saved adventures, or remove one (saves rm NAME)")
+    saves.add_argument("action", nargs="?", choices=["list", "rm"], default="list")
+    saves.add_argument("name", nargs="?")
+    saves.add_argument("--yes", action="store_true", help="remove without asking")
+    importer = commands.add_parser("import", help="import a save from AI Dungeon 2, Clover Edition or KoboldAI")
+    importer.add_argument("file", type=Path)
+    importer.add_argument("--name", help="save name for the imported adventure")
+    exporter = commands.add_parser("export", help="export a saved adventure as md, txt or html")
+    exporter.add_argument("name")
+    exporter.add_argument("--format", default="md", choices=["md", "txt", "html"])
+    exporter.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    from aidungeon.bench.speed import add_arguments as add_bench_arguments
+
+    add_bench_arguments(commands.add_parser("bench", help="measure speed (and coherence) on this machine"))
+    return parser
+
+
+def _add_play_options(parser: argparse.ArgumentParser) -> None:
+    play = parser.add_argument_group("play")
+    play.add_argument("--prompt", help="start a custom adventure with this opening")
+    play.add_argument("--setting", help="start from a setting (fantasy, mystery, ...)")
+    play.add_argument("--character", help="the character to play in that setting")
+    play.add_argument("--name", help="your character's name")
+    play.add_argument("--load", nargs="?", const="", metavar="NAME", help="resume a save (default: the latest)")
+    play.add_argument("--seed", type=int, help="seed for a reproducible story")
+    play.add_argument("--model", help="preset, model folder, .gguf file or cached hub id")
+    play.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
+    play.add_argument("--dtype", choices=DTYPES, help="weight precision (default: auto)")
+    play.add_argument("--no-color", action="store_true", help="no colours (NO_COLOR is honoured too)")
+    play.add_argument("-v", "--verbose", action="store_true", help="log what the game does")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from aidungeon.ui.terminal.render import make_console
+
+    console = make_console(no_color=args.no_color)
+    err_console = make_console(no_color=args.no_color, file=sys.stderr)
+    try:
+        return _run(args, console)
+    except AIDungeonError as err:
+        err_console.print(f"aidungeon: {err}", style="bold red", markup=False)
+        return err.exit_code
+    except KeyboardInterrupt:
+        err_console.print("aidungeon: stopped", markup=False)
+        return 130
+    except EOFError:  # input ended before the game began (Ctrl-D in the menu, an empty pipe)
+        return 0
+
+
+def _run(args: argparse.Namespace, console: Any) -> int:
+    paths = default_paths()
+    if args.command == "models":
+        from aidungeon.cli.admin import show_models
+
+        return show_models(paths, console)
+    if args.command == "doctor":
+        from aidungeon.cli.admin import doctor
+
+        return doctor(paths, console)
+    if args.command == "saves":
+        from aidungeon.cli.admin import manage_saves
+
+        return manage_saves(paths, console, args.action, args.name, yes=args.yes)
+    if args.command == "import":
+        from aidungeon.cli.admin import import_saves
+
+        return import_saves(paths, console, args.file, args.name)
+    if args.command == "export":
+        from aidungeon.cli.admin import export_save
+
+        return export_save(paths, console, args.name, args.format, args.output)
+    if args.command == "bench":
+        from aidungeon.bench.speed import run_bench
+
+        return run_bench(args, paths, console)
+    return play(args, paths, console)
+
+
+def session_config(args: argparse.Namespace, paths: Paths) -> Config:
+    """The player's saved config with this run's command-line choices on top."""
+    config = load_config(paths.config_file)
+    return config.with_overrides({"model": args.model, "device": args.device, "dtype": args.dtype, "seed": args.seed})
+
+
+def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
+    from aidungeon.game.session import Event, Game, recap
+    from aidungeon.storage import saves
+    from aidungeon.ui.terminal.menu import choose_start
+    from aidungeon.ui.terminal.render import Renderer
+    from aidungeon.ui.terminal.repl import Terminal, play
+
+    if (args.character or args.name) and not args.setting:
+        raise ConfigError("--character and --name go with --setting")
+    config = session_config(args, paths)
+    renderer = Renderer(console)
+    terminal = Terminal(
+        renderer,
+        history=paths.history_file,
+        interactive=sys.stdin.isatty() and console.is_terminal,
+        no_color=args.no_color,
+    )
+    # With --load the save names the model, so nothing is loaded before it is read.
+    early = None if args.load is not None else EarlyLoad.start(config, args.model or config.app.model, paths)
+    start = choose_start(args, paths, terminal)
+    if start.save is not None:
+        from aidungeon.game.session import settings_from_save
+
+        config = settings_from_save(config, start.save)
+        if args.seed is not None:
+            config = config.with_value("seed", args.seed)
+    spec = _absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
+    # The story so far needs no model: the player reads it while the model finishes loading.
+    for event in recap(start.story):
+        renderer.show(event)
+    loaded = early.result(spec, console) if early else None
+    if loaded is None:
+        loaded = _load_model(config, spec, paths, console)
+    from aidungeon.model.engine import Engine
+
+    engine = Engine.for_model(loaded)
+    name = start.save_name or saves.autosave_name(paths.saves_dir, start.story)
+    game = Game(
+        story=start.story,
+        engine=engine,
+        config=config,
+        paths=paths,
+        save_name=name,
+        model_name=spec,
+        layout=loaded.layout,
+    )
+    for warning in start.warnings:
+        renderer.show(Event("info", warning))
+    logging.getLogger(__name__).info("ready in %.2f s", time.perf_counter() - PROCESS_START)
+    return play(game, terminal, recap_shown=True)
+
+
+class EarlyLoad:
+    """Loads the model in the background while the player is in the start menu, so the story
+    starts as soon as they have picked.
+
+    Only a model already on disk is loaded early: a first-time fetch shows its progress in
+    the foreground instead. If the player then loads a save made with another model from the
+    menu, the early one is not used.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.loaded: Any = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, config: Config, spec: str, paths: Paths) -> EarlyLoad | None:
+        from aidungeon.model.loader import PRESETS, is_present
+
+        preset = PRESETS.get(spec.strip().lower())
+        if preset is not None and not is_present(preset, paths):
+            return None
+        early = cls(_absolute_if_local(spec))
+        early._thread = threading.Thread(target=early._load, args=(config, paths), name="model-load", daemon=True)
+        early._thread.start()
+        return early
+
+    def _load(self, config: Config, paths: Paths) -> None:
+        from aidungeon.model.loader import load_model
+
+        try:
+            self.loaded = load_model(self.spec, paths, device=config.app.device, dtype=config.app.dtype)
+        except Exception as err:  # handed to the main thread, which shows it as one line
+            self.error = err
+
+    def result(self, spec: str, console: Any) -> Any:
+        """The early model if it is the one wanted (waiting for it with a spinner), else None."""
+        if spec != self.spec:
+            return None
+        if self._thread is not None and self._thread.is_alive():
+            with console.status("Loading the model"):
+                self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.loaded
+
+
+def _absolute_if_local(spec: str) -> str:
+    """A model folder or file given by a relative path is kept absolute, so the save's `--load` works anywhere."""
+    from aidungeon.model.loader import PRESETS
+
+    path = Path(spec).expanduser()
+    if spec.strip().lower() in PRESETS or not path.exists():
+        return spec
+    return str(path.resolve())
+
+
+def _load_model(config: Config, spec: str, paths: Paths, console: Any) -> Any:
+    """Load a model with progress shown."""
+    from aidungeon.model.loader import load_model
+    from aidungeon.ui.terminal.render import progress_bar
+
+    with progress_bar(console) as progress:
+        return load_model(spec, paths, device=config.app.device, dtype=config.app.dtype, progress=progress)

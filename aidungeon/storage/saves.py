@@ -1,0 +1,503 @@
+"""Save files you can trust: versioned JSON, atomic writes, one backup, ordered migrations.
+
+A save is one JSON file `<name>.json` in the saves folder::
+
+    {"format": "aidungeon-save", "schema_version": 1, "saved_at": "<ISO-8601 UTC>", "app_version": "0.1.0",
+     "model": "smollm2-135m", "settings": {"sampling": {...}, "context": {...}}, "story": <Story.to_dict()>}
+
+What this module guarantees:
+
+- A write never leaves a half-written file: bytes go through `paths.atomic_write` (temp file, fsync,
+  `os.replace`, fsync of the folder), so a crash leaves the old save or the new one.
+- Before a good save is replaced, its bytes are kept as `<name>.json.bak` (also written atomically).
+  Reading falls back to that backup, with a warning, when the main file is damaged or missing.
+- A file that is not a readable save (damaged, foreign JSON, or made by a newer aidungeon) is never
+  overwritten: `write_save` refuses with a `SaveError`, unless the caller asks for `replace_damaged`,
+  which renames the file aside (`<name>.json.damaged`) instead of destroying it.
+- Reading never changes anything on disk. Every failure is a `SaveError` with one clear line.
+- Older schemas are upgraded in memory by `MIGRATIONS` (a list: entry N takes schema N to N+1).
+
+What it does not do: it does not decide *when* to save (the game autosaves after each turn), does not
+apply the saved settings (the caller merges `SaveData.settings` into its `Config`), and does not read
+other games' files (`interop.py` imports those).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aidungeon import __version__
+from aidungeon.core.errors import SaveError
+from aidungeon.core.story import Story
+from aidungeon.storage.paths import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMAT = "aidungeon-save"
+SCHEMA_VERSION = 1
+SUFFIX = ".json"
+BACKUP_SUFFIX = ".json.bak"
+DAMAGED_SUFFIX = ".json.damaged"
+MAX_NAME_CHARS = 64
+# File names are limited to 255 bytes; leave room for ".json.bak" and atomic_write's temp-file affixes.
+MAX_NAME_BYTES = 180
+# Leftover temp files of a killed writer are removed once they are clearly abandoned.
+STALE_TEMP_SECONDS = 600.0
+
+# Windows refuses these stems whatever the extension; a save called "con" would be unwritable there.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+@dataclass
+class SaveData:
+    """What a save holds: the story, the model it was played with, and the non-app settings."""
+
+    story: Story
+    model: str
+    settings: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SaveInfo:
+    """One line of the saves list."""
+
+    name: str
+    path: Path
+    saved_at: datetime
+    turns: int
+    model: str
+    title: str
+
+
+@dataclass
+class _Loaded:
+    data: SaveData
+    saved_at: datetime | None
+    warnings: list[str]
+    schema: int = SCHEMA_VERSION
+
+
+class _NewerSchemaError(SaveError):
+    """The file is a good save from a newer aidungeon: never fall back from it, never overwrite it."""
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def sanitize_name(name: str) -> str:
+    """A safe file stem for `name`: letters and digits of any script, '-' and '_'; nothing else.
+
+    Separators, dots and other punctuation become '-', so no name can leave the saves folder
+    ("../x" -> "x", "/etc/passwd" -> "etc-passwd"). The result is lower case (so that "Knight" and
+    "knight" are one save on every file system), at most 64 characters (180 bytes), and never a name Windows
+    reserves ("con" -> "con_"). Raises SaveError when nothing usable is left.
+    """
+    text = name
+    for _ in range(3):  # NFKC can make capitals ("𝛢" -> "Α") and lower() can unnormalise; settle both
+        text = unicodedata.normalize("NFKC", text).lower()
+    chars = [c if unicodedata.category(c)[0] in "LNM" or c == "_" else "-" for c in text]
+    stem = "-".join(part for part in "".join(chars).split("-") if part)
+    stem = stem[:MAX_NAME_CHARS]
+    while len(stem.encode("utf-8")) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    stem = stem.strip("-")
+    if not stem or not any(c.isalnum() for c in stem):
+        raise SaveError(f"{name!r} is not a usable save name; use letters or digits")
+    if stem in _RESERVED:
+        stem += "_"
+    return stem
+
+
+def save_path(folder: Path, name: str) -> Path:
+    """Where the save called `name` lives: `folder / "<sanitized name>.json"`."""
+    return folder / f"{sanitize_name(name)}{SUFFIX}"
+
+
+def _backup_of(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
+def autosave_name(folder: Path, story: Story) -> str:
+    """A name for a new adventure's autosave: its title made safe, and not yet used in `folder`.
+
+    Call it once when an adventure starts and keep the name for the session, so that two adventures
+    with the same title ("fantasy-knight", "fantasy-knight-2") never overwrite each other.
+    """
+    try:
+        base = sanitize_name(story.title)
+    except SaveError:
+        base = "adventure"
+    name, number = base, 1
+    while (folder / f"{name}{SUFFIX}").exists() or (folder / f"{name}{BACKUP_SUFFIX}").exists():
+        number += 1
+        name = sanitize_name(f"{base[: MAX_NAME_CHARS - 8]}-{number}")
+    return name
+
+
+# -- migrations ----------------------------------------------------------------------------------
+
+
+def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Schema 0 (the first draft) kept one linear story and no tree.
+
+    Its story was ``{"title", "opening", "memory": "<one text, one entry per line>", "author_note",
+    "world": [{"keys": "a, b", "text"}], "actions": [...], "results": [...]}`` with `actions[i]`
+    answered by `results[i]`. It becomes a tree with one branch; every result is one candidate.
+    """
+    old = doc["story"]
+    actions = [str(a) for a in old.get("actions", [])]
+    results = [str(r) for r in old.get("results", [])]
+    turns = []
+    for index in range(max(len(actions), len(results))):
+        result = results[index] if index < len(results) else None
+        turns.append(
+            {
+                "id": index + 1,
+                "parent": index or None,
+                "action": actions[index] if index < len(actions) else "",
+                "candidates": [] if result is None else [{"text": result}],
+                "chosen": 0,
+            }
+        )
+    memory = old.get("memory", "")
+    world = [
+        {"keys": [k.strip() for k in str(entry.get("keys", "")).split(",") if k.strip()], "text": str(entry["text"])}
+        for entry in old.get("world", [])
+    ]
+    story = {
+        "title": str(old.get("title", "")),
+        "opening": str(old["opening"]),
+        "pin_opening": False,
+        "memory": [line for line in str(memory).splitlines() if line.strip()],
+        "author_note": str(old.get("author_note", "")),
+        "world": world,
+        "turns": turns,
+        "head": len(turns) or None,
+        "redo_stack": [],
+        "next_id": len(turns) + 1,
+    }
+    return {**doc, "schema_version": 1, "story": story}
+
+
+MIGRATIONS: list[Callable[[dict[str, Any]], dict[str, Any]]] = [_v0_to_v1]
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def _parse(raw: bytes, label: str) -> Any:
+    """Bytes -> JSON value, or a SaveError that says how the file is damaged."""
+    if not raw.strip():
+        raise SaveError(f"{label} is empty (nothing was saved in it)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if err.end >= len(raw) and "unexpected end" in str(err.reason):
+            raise SaveError(f"{label} is damaged: it was cut short") from None
+        raise SaveError(f"{label} is damaged: it is not text (bad byte at position {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        if _looks_cut(text, err):
+            raise SaveError(f"{label} is damaged: it was cut short") from None
+        raise SaveError(f"{label} is damaged: it is not valid JSON ({err.msg}, line {err.lineno})") from None
+    except RecursionError:
+        raise SaveError(f"{label} is damaged: its JSON is nested too deeply") from None
+
+
+def _looks_cut(text: str, err: json.JSONDecodeError) -> bool:
+    """A save is one JSON object: if it breaks off at its very end (or inside a string), it was truncated."""
+    body = text.rstrip()
+    near_end = len(body) - err.pos <= 8 or err.msg.startswith("Unterminated string")
+    return body.lstrip().startswith("{") and near_end
+
+
+def _schema_of(doc: Any, label: str) -> int:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SaveError(f"{label} is not an aidungeon save (it is JSON, but not in aidungeon's save format)")
+    version = doc.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise SaveError(f"{label} is damaged: its schema_version is missing or not a whole number")
+    if version > SCHEMA_VERSION:
+        raise _NewerSchemaError(
+            f"{label} was made by a newer aidungeon (schema {version}); update aidungeon to load it"
+        )
+    return version
+
+
+def _why(err: Exception) -> str:
+    """A short reason for a rejected document: "no 'opening'" rather than "KeyError('opening')"."""
+    if isinstance(err, KeyError):
+        return f"no {err.args[0]!r}" if err.args else "a field is missing"
+    return str(err) or type(err).__name__
+
+
+def _migrate(doc: dict[str, Any], version: int, label: str) -> dict[str, Any]:
+    for step in range(version, SCHEMA_VERSION):
+        try:
+            doc = MIGRATIONS[step](doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SaveError(f"{label} is damaged: it could not be upgraded from schema {step} ({_why(err)})") from None
+    return doc
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _decode(raw: bytes, label: str) -> _Loaded:
+    """Bytes of a save file -> its data; SaveError (one line) for anything unusable."""
+    doc = _parse(raw, label)
+    version = _schema_of(doc, label)
+    warnings: list[str] = []
+    if version < SCHEMA_VERSION:
+        doc = _migrate(doc, version, label)
+        warnings.append(f"{label} was made by an older aidungeon (schema {version}); it was upgraded")
+    if not isinstance(doc.get("story"), dict):
+        raise SaveError(f"{label} is damaged: it holds no story")
+    try:
+        story = Story.from_dict(doc["story"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SaveError(f"{label} is damaged: its story is invalid ({_why(err)})") from None
+    model = doc.get("model", "")
+    if not isinstance(model, str):
+        warnings.append(f"{label}: the saved model name was unreadable and was ignored")
+        model = ""
+    settings = doc.get("settings", {})
+    if not (isinstance(settings, dict) and all(isinstance(v, dict) for v in settings.values())):
+        warnings.append(f"{label}: the saved settings were unreadable and were ignored")
+        settings = {}
+    data = SaveData(story=story, model=model, settings=settings)
+    return _Loaded(data, _parse_time(doc.get("saved_at")), warnings, version)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise SaveError(f"{path} is a folder, not a save file") from None
+    except OSError as err:
+        raise SaveError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _describe_time(stamp: datetime | None, path: Path) -> str:
+    if stamp is None:
+        try:
+            stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        except OSError:
+            return "an unknown time"
+    return stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _load(path: Path) -> _Loaded:
+    """Load `path`, falling back to its backup when the main file is damaged or missing."""
+    backup = _backup_of(path)
+    if not path.exists() and not backup.exists():
+        raise SaveError(f"{path} does not exist")
+    try:
+        if not path.exists():
+            raise SaveError(f"{path.name} is missing")
+        return _decode(_read_bytes(path), path.name)
+    except _NewerSchemaError:
+        raise
+    except SaveError as main_error:
+        if not backup.is_file():
+            raise
+        try:
+            loaded = _decode(_read_bytes(backup), backup.name)
+        except SaveError as backup_error:
+            raise SaveError(f"{main_error}; the backup is unusable too ({backup_error})") from None
+        reason = str(main_error).removeprefix(f"{path.name} ")
+        when = _describe_time(loaded.saved_at, backup)
+        loaded.warnings.insert(0, f"{path.name} {reason}; loaded the backup from {when}")
+        return loaded
+
+
+def read_save(location: Path, name: str | None = None) -> tuple[SaveData, list[str]]:
+    """Load a save: `read_save(folder, name)` by name from the saves folder, `read_save(path)` from a file.
+
+    Returns the data and warnings for the player (a backup was used, the file was upgraded, ...).
+    Raises SaveError when there is nothing loadable; nothing on disk is changed either way.
+    """
+    if name is None:
+        return _unpack(_load(location))
+    path = save_path(location, name)
+    if not path.exists() and not _backup_of(path).exists():
+        raise SaveError(_missing_message(location, name))
+    return _unpack(_load(path))
+
+
+def _unpack(loaded: _Loaded) -> tuple[SaveData, list[str]]:
+    return loaded.data, loaded.warnings
+
+
+def _missing_message(folder: Path, name: str) -> str:
+    names = _save_names(folder)
+    if not names:
+        return f"there is no save named {name!r}; {folder} has no saves yet"
+    close = difflib.get_close_matches(sanitize_name(name), names, n=3, cutoff=0.6)
+    if close:
+        return f"there is no save named {name!r}; did you mean {' or '.join(repr(c) for c in close)}?"
+    return f"there is no save named {name!r} in {folder}"
+
+
+def _save_names(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name[: -len(SUFFIX)] for p in folder.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith(".")
+    )
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _encode(data: SaveData) -> bytes:
+    try:
+        data.story.validate()
+    except ValueError as err:
+        raise SaveError(f"the story is inconsistent ({err}), so it was not saved") from None
+    doc = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "app_version": __version__,
+        "model": data.model,
+        "settings": data.settings,
+        "story": data.story.to_dict(),
+    }
+    try:
+        text = json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
+    except (TypeError, ValueError) as err:
+        raise SaveError(f"the story holds data that cannot be saved ({err})") from None
+    # A lone surrogate cannot be UTF-8; written as its JSON escape (\udXXX) it loads back unchanged.
+    # (A high and a low surrogate side by side load back as the one character they encode, as JSON defines.)
+    return text.encode("utf-8", errors="backslashreplace")
+
+
+def _same_content(old: SaveData, new: SaveData) -> bool:
+    return old.model == new.model and old.settings == new.settings and old.story.to_dict() == new.story.to_dict()
+
+
+def _set_aside(path: Path) -> Path:
+    target = path.with_name(path.name.removesuffix(SUFFIX) + DAMAGED_SUFFIX)
+    number = 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name.removesuffix(SUFFIX)}{DAMAGED_SUFFIX}-{number}")
+    os.replace(path, target)
+    return target
+
+
+def _keep_old(path: Path, new: SaveData, *, replace_damaged: bool) -> None:
+    """Before `path` is replaced: back up a good save; refuse (or set aside) anything else."""
+    if not path.exists():
+        return
+    raw = _read_bytes(path)
+    try:
+        old = _decode(raw, path.name)
+    except _NewerSchemaError as err:
+        raise SaveError(f"{err}; it was not overwritten, so save under another name") from None
+    except SaveError as err:
+        if not replace_damaged:
+            raise SaveError(
+                f"{err}; it was left untouched at {path} (the data may be recoverable by hand): "
+                "move it away or save under another name"
+            ) from None
+        log.warning("%s; keeping it as %s", err, _set_aside(path).name)
+        return
+    # An unchanged story (a save after /settings) keeps the older backup; an upgraded file keeps its original.
+    if old.schema < SCHEMA_VERSION or not _same_content(old.data, new):
+        atomic_write(_backup_of(path), raw)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for name in (path.name, _backup_of(path).name):
+        for temp in path.parent.glob(f".{name}.*.tmp"):
+            try:
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+            except OSError:
+                log.debug("could not remove the stale temp file %s", temp)
+
+
+def write_save(folder: Path, name: str, data: SaveData, *, replace_damaged: bool = False) -> Path:
+    """Save `data` as `name` in `folder` atomically and return the file's path.
+
+    The save it replaces is kept as `<name>.json.bak` when its content differs. A main file that is
+    not a readable save is never overwritten: SaveError, or with `replace_damaged=True` (for example
+    after `read_save` fell back to the backup) it is renamed to `<name>.json.damaged` first.
+    """
+    path = save_path(folder, name)
+    payload = _encode(data)
+    try:
+        _keep_old(path, data, replace_damaged=replace_damaged)
+        atomic_write(path, payload)
+    except OSError as err:
+        raise SaveError(f"could not write {path}: {err.strerror or err}") from None
+    _remove_stale_temps(path)
+    return path
+
+
+# -- the saves folder ----------------------------------------------------------------------------
+
+
+def list_saves(folder: Path) -> list[SaveInfo]:
+    """Every loadable save in `folder`, newest first; files that cannot be read are skipped."""
+    infos = []
+    for name in _save_names(folder):
+        path = folder / f"{name}{SUFFIX}"
+        try:
+            loaded = _load(path)
+        except SaveError as err:
+            log.info("skipping %s: %s", path.name, err)
+            continue
+        saved_at = loaded.saved_at or datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        story = loaded.data.story
+        infos.append(SaveInfo(name, path, saved_at, len(story.path()), loaded.data.model, story.title))
+    # Saves written within one second tie on saved_at; the file's own clock breaks the tie.
+    infos.sort(key=lambda info: (info.saved_at, _mtime_ns(info.path)), reverse=True)
+    return infos
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def latest_save(folder: Path) -> str | None:
+    """The name of the newest loadable save, or None when there is none."""
+    saves = list_saves(folder)
+    return saves[0].name if saves else None
+
+
+def delete_save(folder: Path, name: str) -> None:
+    """Remove the save and its backup; SaveError when there is no such save."""
+    path = save_path(folder, name)
+    files = [p for p in (path, _backup_of(path)) if p.exists()]
+    if not files:
+        raise SaveError(_missing_message(folder, name))
+    try:
+        for file in files:
+            file.unlink()
+    except OSError as err:
+        raise SaveError(f"could not delete {path}: {err.strerror or err}") from None

@@ -1,0 +1,1 @@
+"""The terminal: prompt_toolkit input, rich rendering and the start menu."""

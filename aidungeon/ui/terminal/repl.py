@@ -1,0 +1,212 @@
+"""The interactive loop: read a line, hand it to the game, render what comes back.
+
+On a terminal, input is a prompt_toolkit session with history kept across sessions, Tab
+completion of commands and setting names, Alt-Enter for a new line, and a status bar.
+When stdin is not a terminal (a pipe, a test), lines are read plainly so the game is still
+playable. Ctrl-C during a generation stops it and leaves the story as it was; Ctrl-C at the
+prompt prints a hint; Ctrl-D saves and quits. The start menu is in `menu.py`.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import (
+    CompleteEvent,
+    Completer,
+    Completion,
+    DummyCompleter,
+    NestedCompleter,
+    WordCompleter,
+)
+from prompt_toolkit.document import Document
+from prompt_toolkit.filters import is_multiline
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.output import ColorDepth
+from rich.markup import escape
+
+from aidungeon.core.config import Config
+from aidungeon.game.commands import REGISTRY
+from aidungeon.game.session import Event, Game
+from aidungeon.ui.terminal.render import Renderer
+
+
+class _CommandCompleter(Completer):
+    """Commands, then their arguments (/set KEY, /world add, ...).
+
+    The first word is matched whole (WORD=True): a plain word completer sees only "he" in
+    "/he", because "/" is not a word character, and so never completes a command.
+    """
+
+    def __init__(self) -> None:
+        tree: dict[str, object] = {f"/{name}": None for name in REGISTRY}
+        tree["/set"] = {key: None for key in Config.setting_names()}
+        tree["/world"] = {"add": None, "list": None, "edit": None, "remove": None}
+        tree["/export"] = {"md": None, "txt": None, "html": None}
+        self._arguments = NestedCompleter.from_nested_dict(tree)
+        self._commands = WordCompleter(sorted(tree), WORD=True)
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        if " " in document.text_before_cursor.lstrip():
+            return self._arguments.get_completions(document, complete_event)
+        return self._commands.get_completions(document, complete_event)
+
+
+def _bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    # Only on a one-line prompt: in a multi-line prompt (the opening) Alt-Enter must keep
+    # prompt_toolkit's meaning, "finish", or the player could never end the text.
+    @bindings.add("escape", "enter", filter=~is_multiline)
+    def _newline(event: object) -> None:  # Alt-Enter (Esc then Enter) adds a line
+        event.current_buffer.insert_text("\n")  # type: ignore[attr-defined]
+
+    return bindings
+
+
+# What leaves the start menu, as Ctrl-D does: the game's /quit and its aliases. Bare words only
+# where a menu's answers are fixed: a character's name or an opening may well be "quit".
+_QUIT = REGISTRY["quit"]
+QUIT_COMMANDS = tuple(f"/{name}" for name in (_QUIT.name, *_QUIT.aliases))
+QUIT_WORDS = (*QUIT_COMMANDS, "quit", "exit")
+
+
+class Terminal:
+    """Reads player input: prompt_toolkit on a terminal, plain lines otherwise."""
+
+    def __init__(self, renderer: Renderer, *, history: Path | None, interactive: bool, no_color: bool = False) -> None:
+        self.renderer = renderer
+        self.interactive = interactive
+        self.status = ""
+        self._session: PromptSession[str] | None = None
+        self._completer: Completer = _CommandCompleter()
+        if interactive:
+            if history is not None:
+                history.parent.mkdir(parents=True, exist_ok=True)
+            self._session = PromptSession(
+                history=FileHistory(str(history)) if history is not None else None,
+                completer=self._completer,
+                complete_while_typing=False,
+                key_bindings=_bindings(),
+                bottom_toolbar=lambda: self.status,
+                # --no-color reaches prompt_toolkit here; it reads NO_COLOR itself.
+                color_depth=ColorDepth.DEPTH_1_BIT if no_color else None,
+            )
+
+    def ask(self, prompt: str, *, default: str = "", completer: Completer | None = None) -> str:
+        """One line (Alt-Enter for more); EOFError on Ctrl-D or end of input."""
+        if self._session is not None:
+            # prompt() keeps what it is given for later calls, so pass every per-prompt option.
+            return self._session.prompt(
+                prompt, default=default, multiline=False, completer=completer or self._completer
+            )
+        self.renderer.console.print(prompt, end="", markup=False, highlight=False)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        line = line.rstrip("\n")
+        if not sys.stdin.isatty():
+            # Piped input is not echoed by a terminal: echo it, so the transcript reads as played.
+            self.renderer.console.print(line, markup=False, highlight=False)
+        return line
+
+    def ask_multiline(self, prompt: str) -> str:
+        """Several lines: on a terminal, Esc-Enter (Alt-Enter) finishes; piped, an empty line does."""
+        if self._session is not None:
+            # completer=None would keep the last prompt's completer: an opening completes nothing.
+            return self._session.prompt(prompt, multiline=True, prompt_continuation="  ", completer=DummyCompleter())
+        lines = []
+        while True:
+            line = self.ask(prompt if not lines else "")
+            if not line.strip():
+                return "\n".join(lines)
+            lines.append(line)
+
+    def choose(self, title: str, options: Sequence[tuple[str, str]]) -> str:
+        """A numbered menu; returns the chosen key. Accepts a number or a key; /quit raises EOFError."""
+        self.renderer.console.print(f"\n[bold]{title}[/bold]")
+        for number, (_key, label) in enumerate(options, start=1):
+            self.renderer.console.print(f"  {number}. {escape(label)}")
+        completer = WordCompleter([key for key, _label in options], ignore_case=True)
+        while True:
+            answer = self.ask("> ", completer=completer).strip().lower()
+            if answer in QUIT_WORDS:
+                raise EOFError
+            for number, (key, _label) in enumerate(options, start=1):
+                if answer in (str(number), key.lower()):
+                    return key
+            self.renderer.show(Event("error", f"choose 1-{len(options)}, or /quit"))
+
+
+def run_events(renderer: Renderer, events: Iterator[Event]) -> list[Event]:
+    """Render a stream of events; Ctrl-C stops it cleanly. Returns the events that need replies."""
+    pending: list[Event] = []
+    try:
+        for event in events:
+            renderer.show(event)
+            if event.kind in ("edit", "quit"):
+                pending.append(event)
+    except KeyboardInterrupt:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+        # A generation stopped between two pieces may be left suspended in a reference cycle;
+        # collect it now, so its cleanup runs here and not in the middle of the next turn.
+        gc.collect()
+        renderer.stop_stream()
+        # The story keeps what it had: an interrupted action stays without a result.
+        renderer.show(Event("info", "Stopped. /retry generates again, or type another action."))
+    return pending
+
+
+def play(game: Game, terminal: Terminal, *, recap_shown: bool = False) -> int:
+    """The main loop, until /quit or Ctrl-D."""
+    if _loop_events(game, terminal, game.begin(show_recap=not recap_shown)):
+        return 0
+    while True:
+        terminal.status = status_line(game)
+        try:
+            line = terminal.ask("\n> ")
+        except KeyboardInterrupt:
+            terminal.renderer.show(Event("info", "(Ctrl-D or /quit saves and quits)"))
+            continue
+        except EOFError:
+            _loop_events(game, terminal, game.handle("/quit"))
+            return 0
+        if _loop_events(game, terminal, game.handle(line)):
+            return 0
+
+
+def _loop_events(game: Game, terminal: Terminal, events: Iterator[Event]) -> bool:
+    """Render events and answer the ones that need the player; True when the game should end."""
+    for event in run_events(terminal.renderer, events):
+        if event.kind == "quit":
+            return True
+        if event.kind == "edit":
+            try:
+                edited = terminal.ask("edit> ", default=event.text)
+            except (KeyboardInterrupt, EOFError):
+                continue
+            if _loop_events(game, terminal, game.handle(str(event.data) + edited)):
+                return True
+    return False
+
+
+def status_line(game: Game) -> str:
+    """model · device · tokens used of the budget · speed of the last turn."""
+    context, stats = game.last_context, game.last_generation
+    device = getattr(game.engine.device, "type", str(game.engine.device))
+    # A model given as a folder or file shows its name, not the whole path (it has to fit one line).
+    model = Path(game.model_name).name if "/" in game.model_name or "\\" in game.model_name else game.model_name
+    parts = [model, device]
+    if context is not None:
+        parts.append(f"{context.tokens}/{context.budget} tokens")
+    if stats is not None and stats.decode_tok_s:
+        parts.append(f"{stats.decode_tok_s:.1f} tok/s")
+    parts.append(f"save: {game.save_name}")
+    return " · ".join(parts)

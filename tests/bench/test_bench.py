@@ -1,0 +1,114 @@
+"""`aidungeon bench` on the tiny models: the figures exist, are consistent, and the JSON has its keys.
+
+Speed and quality targets are measured by the benchmark itself (benchmarks/RESULTS.md), never
+asserted here: these checks only make sure the benchmark measures what it says.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from aidungeon.bench.coherence import METRICS, run_coherence
+from aidungeon.bench.speed import head_bandwidth, speed_bench
+from aidungeon.cli.main import build_parser
+from aidungeon.storage.paths import default_paths
+
+SPEED_KEYS = {
+    "model",
+    "device",
+    "dtype",
+    "turns",
+    "median_ttft_s",
+    "median_turn_s",
+    "naive_median_ttft_s",
+    "naive_median_turn_s",
+    "cache_hit_ratio",
+    "decode_tok_s",
+    "decode_bound_tok_s",
+    "peak_rss_mb",
+    "startup_s",
+}
+
+
+def test_speed_bench_reports_every_figure(trained_model_dir: Path) -> None:
+    args = build_parser().parse_args(
+        ["bench", "--model", str(trained_model_dir), "--turns", "4", "--max-new-tokens", "8"]
+    )
+    results = speed_bench(args, default_paths())
+    assert results.keys() >= SPEED_KEYS
+    assert results["turns"] == 4 and len(results["per_turn"]) == 4
+    # The first timed turn starts a fresh engine: a miss. Later ones reuse the cache (and so
+    # does a stalled turn's last attempt, which is the one its figures describe).
+    first, *later = results["per_turn"]
+    assert first["cache_hit"] is first["stalled"]
+    assert all(turn["cache_hit"] for turn in later)
+    assert results["median_prefill_tokens"] < results["naive_median_prefill_tokens"]
+    assert results["decode_bound_tok_s"] > 0 and results["peak_rss_mb"] > 0 and results["startup_s"] > 0
+    samples = results["read_bandwidth_samples_gb_s"]
+    assert len(samples) == 2 and results["read_bandwidth_gb_s"] == max(samples)
+    assert results["head_bandwidth_gb_s"] > 0 and results["decode_fraction_of_head_bound"] > 0
+    # The tiny model's text often fails the guard: such turns are counted, not fatal.
+    assert results["stalled_turns"] == sum(turn["stalled"] for turn in results["per_turn"])
+
+
+def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(
+        ["bench", "coherence", "--model", str(trained_model_dir), "--adventures", "1", "--turns", "3", "--json"]
+    )
+    assert run_coherence(args, default_paths(), console=None) == 0
+    results = json.loads(capsys.readouterr().out)
+    for mode in ("guard", "baseline"):
+        assert set(METRICS) | {"turns"} <= results[mode].keys()
+        assert results[mode]["turns"] == 3
+        assert all(0 <= results[mode][name] <= 100 * 60 for name in METRICS)
+    # The guard never shows a player turn or a cut-off sentence.
+    assert results["guard"]["hallucinated_player_turns"] == 0
+    assert results["guard"]["fragments"] == 0
+
+
+def test_decode_reads_the_head_once_whether_tied_or_prepacked() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from aidungeon.bench.speed import decode_weight_bytes
+    from aidungeon.model.cpu.packing import onednn_supported, prepack_dense
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    every = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert decode_weight_bytes(model) == every  # the tied table is the head: read whole, once
+    if onednn_supported():
+        assert prepack_dense(model) == 5  # attention in and out, MLP up and down, the head
+        # The packed copies are read (biases stay parameters), the table only looked up.
+        assert decode_weight_bytes(model) == every
+
+
+class _SlowHead(torch.nn.Module):
+    """A head that reads 1 MB (by its own account) in at least 20 ms."""
+
+    in_features = 8
+
+    def decode_bytes(self) -> int:
+        return 10**6
+
+    def forward(self, row: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return row
+
+
+class _ModelWithSlowHead(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(4, 8)
+        self.head = _SlowHead()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head
+
+
+def test_head_bandwidth_times_the_heads_own_bytes() -> None:
+    bandwidth = head_bandwidth(_ModelWithSlowHead(), repeats=2)
+    assert 10**6 / 0.2 < bandwidth <= 10**6 / 0.02
