@@ -165,6 +165,12 @@ def onednn_supported() -> bool:
     )
 
 
+def onednn_bf16_supported() -> bool:
+    """Whether oneDNN can prepack bf16 weights here: it needs AVX-512 (bw, vl, dq) or AVX-NE-CONVERT,
+    and refuses on an AVX2-only CPU, where a bf16 layer keeps torch's own product instead."""
+    return onednn_supported() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class PrepackedLinear(torch.nn.Module):
     """A drop-in for a dense linear layer with its weight in oneDNN's prepacked layout."""
 
@@ -192,8 +198,10 @@ def prepack_dense(model: torch.nn.Module) -> int:
     if not onednn_supported():
         return 0
 
+    dtypes = (torch.float32, torch.bfloat16) if onednn_bf16_supported() else (torch.float32,)
+
     def prepacked(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module | None:
-        dense = weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
+        dense = weight.device.type == "cpu" and weight.dtype in dtypes
         return PrepackedLinear(weight, bias) if dense else None
 
     replaced = _replace_linears(model, prepacked)
