@@ -86,6 +86,27 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def write_new_file(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Write an export or other file the player asked for, never following a symlink.
+
+    An existing file is replaced (atomically, the link itself if it is one) only with `force`;
+    otherwise `FileExistsError`. A path with a NUL byte or a folder that is not there raises
+    `ValueError` or `OSError` like any other bad path: callers turn them into one clear line.
+    """
+    if "\0" in str(path):
+        raise ValueError(f"{str(path)!r} is not a valid file name")
+    if not force and (path.exists() or path.is_symlink()):
+        raise FileExistsError(path)
+    if force:
+        atomic_write(path, data)  # os.replace swaps a planted link for the file, never writes through it
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -518,3 +518,21 @@ def test_v0_save_that_cannot_be_upgraded_is_damaged(tmp_path: Path) -> None:
 
 def test_schema_constant_is_what_the_module_writes() -> None:
     assert saves.SCHEMA_VERSION == 1
+
+
+def test_write_new_file_never_overwrites_or_follows_a_link(tmp_path) -> None:
+    from aidungeon.storage.paths import write_new_file
+
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious")
+    link = tmp_path / "story.md"
+    link.symlink_to(target)
+    with pytest.raises(FileExistsError):
+        write_new_file(link, b"export")
+    write_new_file(link, b"export", force=True)
+    assert target.read_text() == "precious"
+    assert not link.is_symlink() and link.read_text() == "export"
+    with pytest.raises(ValueError, match="not a valid file name"):
+        write_new_file(tmp_path / "a\0b", b"x")
+    write_new_file(tmp_path / "new.md", b"fresh")
+    assert (tmp_path / "new.md").read_text() == "fresh"
