@@ -12,6 +12,8 @@ on the CPU; the distribution sampled from is the same (tests/test_sampling.py ch
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from transformers import (
     LogitsProcessor,
@@ -54,7 +56,7 @@ class RangeRepetitionPenalty(LogitsProcessor):
         weight = 1.0 - self.slope * distance / self.window
         per_position = (1.0 + (self.penalty - 1.0) * weight).expand(recent.shape[0], -1)
         factors = torch.ones_like(scores).scatter_reduce(1, recent, per_position, reduce="amax")
-        return torch.where(scores < 0, scores * factors, scores / factors)
+        return cast(torch.FloatTensor, torch.where(scores < 0, scores * factors, scores / factors))
 
 
 # An end token in the first few steps would give an empty result that has to be regenerated.
@@ -70,10 +72,11 @@ class VocabLimit(LogitsProcessor):
         self.limit = limit
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[-1] > self.limit:
-            scores = scores.clone()
-            scores[:, self.limit :] = -float("inf")
-        return scores
+        if scores.shape[-1] <= self.limit:
+            return scores
+        limited = scores.clone()
+        limited[:, self.limit :] = -float("inf")
+        return cast(torch.FloatTensor, limited)
 
 
 def build_processors(
@@ -89,7 +92,7 @@ def build_processors(
     if vocab_limit is not None:
         processors.append(VocabLimit(vocab_limit))
     if eos_ids:
-        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, MIN_NEW_TOKENS, eos_ids, device=device))
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, MIN_NEW_TOKENS, eos_ids, device=str(device)))
     if sampling.repetition_penalty > 1.0 and sampling.repetition_range > 0:
         processors.append(
             RangeRepetitionPenalty(

@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -68,7 +69,7 @@ def random_gpt2(shape: str, *, vocab_size: int, seed: int = 0, eos_token_id: int
     `vocab_size` is used for shapes that do not fix it ("tiny"); the full shapes keep GPT-2's 50257.
     `eos_token_id` defaults to the last id, as in GPT-2. The global torch RNG is left untouched.
     """
-    dims = dict(_shape(shape))
+    dims: dict[str, Any] = dict(_shape(shape))
     dims.setdefault("vocab_size", vocab_size)
     eos_id = dims["vocab_size"] - 1 if eos_token_id is None else eos_token_id
     config = GPT2Config(

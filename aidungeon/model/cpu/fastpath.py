@@ -41,6 +41,8 @@ class DecodeStep(Protocol):
 def lean_decoder(model: Any) -> DecodeStep | None:
     """The lean step for this model, or None where transformers' forward must be used."""
     kind, config = type(model).__name__, getattr(model, "config", None)
+    if config is None:
+        return None
     if kind == "GPT2LMHeadModel" and not config.add_cross_attention and not config.reorder_and_upcast_attn:
         return Gpt2Step(model)
     # Qwen2 and Mistral are Llama's layers with biases or another rotary setting; a sliding

@@ -77,6 +77,13 @@ def fit_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 class Int4Linear(torch.nn.Module):
     """A drop-in for a linear layer whose weights lie on a 4-bit group grid (see `fit_grid`)."""
 
+    # Buffers, registered in __init__ (declared here for the type checker).
+    packed: torch.Tensor
+    scale_zero: torch.Tensor
+    nibbles: torch.Tensor
+    step: torch.Tensor
+    lowest: torch.Tensor
+
     def __init__(
         self,
         codes: torch.Tensor,
@@ -245,6 +252,7 @@ def _weight_out_in(module: torch.nn.Module) -> torch.Tensor | None:
     stores it as (in, out)."""
     if type(module) is torch.nn.Linear:
         return module.weight.detach()
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        return module.weight.detach().t()
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor):
+        return weight.detach().t()
     return None
