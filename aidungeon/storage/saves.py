@@ -19,7 +19,7 @@ What this module guarantees:
 
 What it does not do: it does not decide *when* to save (the game autosaves after each turn), does not
 apply the saved settings (the caller merges `SaveData.settings` into its `Config`), and does not read
-other games' files (`interop.py` imports those).
+other games' files (`interop` imports those).
 """
 
 from __future__ import annotations
