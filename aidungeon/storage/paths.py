@@ -55,8 +55,7 @@ class Paths:
 
 def default_paths(env: dict[str, str] | None = None) -> Paths:
     """The paths for this user: everything under $AIDUNGEON_HOME when set, else platformdirs."""
-    env = os.environ if env is None else env
-    home = env.get(HOME_ENV)
+    home = (os.environ if env is None else env).get(HOME_ENV)
     if home:
         root = Path(home).expanduser()
         return Paths(config_dir=root, data_dir=root, cache_dir=root / "cache")

@@ -265,8 +265,12 @@ def lock_save(folder: Path, name: str) -> SaveLock:
     stem = sanitize_name(name)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / f"{stem}{LOCK_SUFFIX}"
+    fd: int | None = None
     try:
-        fd = _flock(lock_path, stem) if fcntl is not None else _exclusive_lock(lock_path, stem)
+        if fcntl is not None:
+            fd = _flock(lock_path, stem)
+        else:
+            _exclusive_lock(lock_path, stem)
     except OSError as err:
         raise SaveError(f"cannot lock the save {stem!r} ({lock_path}): {err.strerror or err}") from None
     _remove_temps(folder / f"{stem}{SUFFIX}", older_than=None)
@@ -312,10 +316,9 @@ def _exclusive_lock(lock_path: Path, stem: str) -> None:
     except FileExistsError:
         if _holder_pid(lock_path) != os.getpid():
             raise _in_use(stem, f"{_holder(lock_path)} (if no game is running, delete {lock_path})") from None
-        return None
+        return
     with os.fdopen(fd, "w") as handle:
         handle.write(f"{os.getpid()}\n")
-    return None
 
 
 def _holder_pid(lock_path: Path) -> int | None:

@@ -1,7 +1,9 @@
 """Export a story as Markdown, plain text or HTML.
 
 Exports (`md`, `txt`, `html`) show the current branch only; other branches and unchosen candidates are
-not exported. HTML is one self-contained file (inline CSS, no scripts, all text escaped).
+not exported. HTML is one self-contained file (inline CSS, no scripts, all text escaped). A text that
+stops mid-sentence (an opening ending "... and") is joined with the story text that finishes it, as the
+terminal shows it, using `core.cleanup`'s sentence rules; an action in between keeps them apart.
 This module writes no files; callers save the text where the player asks.
 """
 
@@ -11,6 +13,7 @@ import html
 import re
 from collections.abc import Callable
 
+from aidungeon.core.cleanup import is_fragment
 from aidungeon.core.errors import SaveError
 from aidungeon.core.story import Story
 
@@ -43,8 +46,29 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
+def _join_continuation(start: str, continuation: str) -> str:
+    """An unfinished sentence and the text that finishes it: a space between, unless it starts with punctuation."""
+    return start + ("" if continuation[:1] in ",.;:!?'’”\")" else " ") + continuation
+
+
+def _blocks(story: Story) -> list[tuple[str, str]]:
+    """The current branch as ("story" or "action", paragraph), oldest first, each unfinished
+    sentence joined with the first paragraph of the story text that follows it."""
+    blocks = [("story", p) for p in _paragraphs(story.opening)]
+    for turn in story.path():
+        if turn.action.strip():
+            blocks.append(("action", turn.action.strip()))
+        for index, paragraph in enumerate(_paragraphs(turn.result)):
+            if index == 0 and blocks and blocks[-1][0] == "story" and is_fragment(blocks[-1][1]):
+                blocks[-1] = ("story", _join_continuation(blocks[-1][1], paragraph))
+            else:
+                blocks.append(("story", paragraph))
+    return blocks
+
+
 def _export_txt(story: Story) -> str:
-    parts = [story.title.strip(), story.transcript()]
+    body = "\n\n".join(f"> {text}" if kind == "action" else text for kind, text in _blocks(story))
+    parts = [story.title.strip(), body]
     for heading, lines in _extras(story):
         parts.append(f"-- {heading} --\n" + "\n".join(lines))
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -52,11 +76,11 @@ def _export_txt(story: Story) -> str:
 
 def _export_md(story: Story) -> str:
     parts = [f"# {_md_escape(story.title.strip())}"] if story.title.strip() else []
-    parts += [_md_escape(p) for p in _paragraphs(story.opening)]
-    for turn in story.path():
-        if turn.action.strip():
-            parts.append("\n".join(f"> {_md_escape(line)}" for line in turn.action.strip().splitlines()))
-        parts += [_md_escape(p) for p in _paragraphs(turn.result)]
+    for kind, text in _blocks(story):
+        if kind == "action":
+            parts.append("\n".join(f"> {_md_escape(line)}" for line in text.splitlines()))
+        else:
+            parts.append(_md_escape(text))
     extras = _extras(story)
     if extras:
         parts.append("---")
@@ -86,11 +110,7 @@ details li { white-space: pre-wrap; }
 def _export_html(story: Story) -> str:
     title = html.escape(story.title.strip() or "An aidungeon story")
     body = [f"<h1>{title}</h1>"]
-    body += [f'<p class="story">{html.escape(p)}</p>' for p in _paragraphs(story.opening)]
-    for turn in story.path():
-        if turn.action.strip():
-            body.append(f'<p class="action">{html.escape(turn.action.strip())}</p>')
-        body += [f'<p class="story">{html.escape(p)}</p>' for p in _paragraphs(turn.result)]
+    body += [f'<p class="{kind}">{html.escape(text)}</p>' for kind, text in _blocks(story)]
     extras = _extras(story)
     if extras:
         body.append("<details><summary>Memory, notes and world info</summary>")

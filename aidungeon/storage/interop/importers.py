@@ -20,19 +20,27 @@ note and lore is kept; what has no place in a `Story` is named in a note, never 
   "story"/"start" action (or `prompt`) is the opening; "do", "say" and "story" actions are player actions,
   "continue" is the AI's result. `memory`, `authorsNote` and `worldInfo`/`storyCards` map directly.
 
+All text passes through `core.text.clean_text` as the `Story` is built (lone surrogates, control
+characters). Files over `MAX_IMPORT_BYTES`, and stories over `core.story`'s bounds (turns, characters
+per text), are refused with one line before anything large is built.
+
 This module reads files but writes none; exporting is `exporters.py`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aidungeon.core.errors import SaveError
-from aidungeon.core.story import Candidate, Story, WorldEntry
+from aidungeon.core.story import MAX_CANDIDATES, MAX_ENTRIES, MAX_TEXT_CHARS, MAX_TURNS, Candidate, Story, WorldEntry
+
+# Another game's save is JSON in memory several times its size; 32 MB is far beyond a real story.
+MAX_IMPORT_BYTES = 32 * 2**20
 
 IMPORT_FORMATS = ("aidungeon2", "clover", "koboldai", "aidungeon-web")
 _FORMAT_NAMES = {
@@ -82,7 +90,15 @@ def _list(value: Any, what: str) -> list[Any]:
         return []
     if not isinstance(value, list):
         raise SaveError(f"{what} should be a list, but it is {type(value).__name__}")
-    return value
+    return _bounded(value, what)
+
+
+def _bounded(items: Any, what: str) -> Any:
+    """Refuse a list far beyond any story (a turn is at most two entries: action and result) before
+    a draft is built for each entry."""
+    if len(items) > 2 * MAX_TURNS:
+        raise SaveError(f"{what} has {len(items)} entries; a story of at most {MAX_TURNS} turns can be imported")
+    return items
 
 
 def _action(text: str) -> str:
@@ -135,7 +151,23 @@ def _memory(value: Any, game: str) -> tuple[list[str], list[str]]:
     return [], [f"{game}: memory is not text ({type(value).__name__}); it was not imported"]
 
 
+def _check_bounds(parts: _Parts) -> None:
+    """Refuse a story over the bounds a save can hold, before any of it is built."""
+    if len(parts.turns) > MAX_TURNS:
+        raise SaveError(f"{parts.title!r} has {len(parts.turns)} turns; at most {MAX_TURNS} can be imported")
+    if len(parts.memory) > MAX_ENTRIES or len(parts.world) > MAX_ENTRIES:
+        raise SaveError(f"{parts.title!r} has more than {MAX_ENTRIES} memory or world info entries")
+    texts = [parts.opening, parts.author_note, *parts.memory, *(entry.text for entry in parts.world)]
+    texts += [text for draft in parts.turns for text in (draft.action, *draft.results)]
+    longest = max(texts, key=len, default="")
+    if len(longest) > MAX_TEXT_CHARS:
+        raise SaveError(f"{parts.title!r} holds a text of {len(longest)} characters; at most {MAX_TEXT_CHARS}")
+    if any(len(draft.results) > MAX_CANDIDATES for draft in parts.turns):
+        raise SaveError(f"{parts.title!r} has a turn with more than {MAX_CANDIDATES} alternatives")
+
+
 def _build(parts: _Parts) -> Story:
+    _check_bounds(parts)
     story = Story(
         opening=parts.opening,
         title=parts.title,
@@ -189,13 +221,15 @@ def _kobold_chunks(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
     if isinstance(actions, dict) and isinstance(actions.get("actions"), dict):
         actions = actions["actions"]  # KoboldAI United: {"action_count": n, "actions": {...}}
     if isinstance(actions, dict):
+        _bounded(actions, "actions")
         try:
             items = [(str(key), actions[key]) for key in sorted(actions, key=int)]
         except ValueError:
             raise SaveError("KoboldAI actions should be numbered, but some keys are not numbers") from None
     else:
         items = [(str(index), item) for index, item in enumerate(_list(actions, "actions"))]
-    metadata = data.get("actions_metadata") if isinstance(data.get("actions_metadata"), dict) else {}
+    raw_metadata = data.get("actions_metadata")
+    metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     chunks = []
     for key, item in items:
         entry = item if isinstance(item, dict) else metadata.get(key, {})
@@ -396,7 +430,14 @@ def detect_format(data: Any, *, source: str = "this file") -> str:
 def import_file(path: Path) -> tuple[list[Story], list[str]]:
     """The stories in another game's save file, and notes on what could not be mapped."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_IMPORT_BYTES:
+                limit = MAX_IMPORT_BYTES // 2**20
+                raise SaveError(f"{path.name} is too large to import ({size / 2**20:.0f} MB; at most {limit} MB)")
+            raw = handle.read(MAX_IMPORT_BYTES + 1)
+    except IsADirectoryError:
+        raise SaveError(f"{path} is a folder, not a save file") from None
     except OSError as err:
         raise SaveError(f"cannot read {path}: {err.strerror or err}") from None
     try:
