@@ -16,7 +16,7 @@ from rich.table import Table
 from aidungeon import __version__
 from aidungeon.core.errors import SaveError
 from aidungeon.storage import saves
-from aidungeon.storage.paths import Paths
+from aidungeon.storage.paths import Paths, write_new_file
 
 
 def show_models(paths: Paths, console: Any) -> int:
@@ -120,25 +120,47 @@ def import_saves(paths: Paths, console: Any, file: Path, name: str | None) -> in
                 raise SaveError(f"a save called {target} exists already; choose another --name")
         else:
             target = saves.autosave_name(paths.saves_dir, story)
-        saves.write_save(paths.saves_dir, target, saves.SaveData(story=story, model="", settings={}))
+        # Locked, so a game that has this name open is not written over behind its back.
+        with saves.lock_save(paths.saves_dir, target):
+            saves.write_save(paths.saves_dir, target, saves.SaveData(story=story, model="", settings={}))
         console.print(f"Imported {story.title or file.name} as {target} ({len(story.path())} turns)", markup=False)
     for note in notes:
         console.print(f"note: {note}", style="dim", markup=False)
     return 0
 
 
-def export_save(paths: Paths, console: Any, name: str, fmt: str, output: Path | None) -> int:
-    """`aidungeon export NAME`: write a save as md, txt or html."""
+STDOUT = Path("-")
+
+
+def export_save(paths: Paths, console: Any, name: str, fmt: str, output: Path | None, *, force: bool = False) -> int:
+    """`aidungeon export NAME`: write a save as md, txt or html.
+
+    It goes to `<data>/exports/<name>.<fmt>` unless `-o FILE` names a file (`-o -`: standard output).
+    An existing file is replaced only with `--force`, and a symbolic link is never written through.
+    """
     from aidungeon.storage.interop import export_story
 
     data, _warnings = saves.read_save(paths.saves_dir, name)
     text = export_story(data.story, fmt)
-    if output is None:
+    if output == STDOUT:
         sys.stdout.write(text)
         return 0
+    target = output or paths.ensure(paths.data_dir / "exports") / f"{saves.sanitize_name(name)}.{fmt}"
     try:
-        output.write_text(text, encoding="utf-8")
+        write_new_file(target, text.encode("utf-8"), force=force)
+    except FileExistsError:
+        raise SaveError(_exists_message(target)) from None
+    except ValueError as err:
+        raise SaveError(str(err)) from None
     except OSError as err:
-        raise SaveError(f"could not write {output}: {err.strerror}") from None
-    console.print(f"Exported {name} to {output}", markup=False)
+        raise SaveError(f"could not write {target}: {err.strerror or err}") from None
+    console.print(f"Exported {name} to {target}", markup=False)
     return 0
+
+
+def _exists_message(target: Path) -> str:
+    if target.is_symlink():
+        return f"{target} is a symbolic link, which is never followed: choose another file with -o"
+    if target.is_dir():
+        return f"{target} is a folder; name a file with -o"
+    return f"{target} exists already; add --force to replace it, or choose another file with -o"

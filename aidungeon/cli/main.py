@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = commands.add_parser("export", help="export a saved adventure as md, txt or html")
     exporter.add_argument("name")
     exporter.add_argument("--format", default="md", choices=["md", "txt", "html"])
-    exporter.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    exporter.add_argument(
+        "-o", "--output", type=Path, help="file to write (default: DATA/exports/NAME.FORMAT; - for standard output)"
+    )
+    exporter.add_argument("--force", action="store_true", help="replace the file if it exists")
     from aidungeon.bench.speed import add_arguments as add_bench_arguments
 
     add_bench_arguments(commands.add_parser("bench", help="measure speed (and coherence) on this machine"))
@@ -108,7 +111,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     if args.command == "export":
         from aidungeon.cli.admin import export_save
 
-        return export_save(paths, console, args.name, args.format, args.output)
+        return export_save(paths, console, args.name, args.format, args.output, force=args.force)
     if args.command == "bench":
         from aidungeon.bench.speed import run_bench
 

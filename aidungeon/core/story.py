@@ -6,6 +6,12 @@ keeps all its `Candidate` results (retries, best-of-n) with the seed and sampler
 made them. This module does no I/O and imports no model code: saves, the game and a future
 server all share it. `to_dict`/`from_dict` give the current save schema; versions and files are
 `saves.py`'s business.
+
+Every text that enters a story is passed through `core.text.clean_text`: when a `Candidate`, `Turn`,
+`WorldEntry` or `Story` is built (so `from_dict`, imports and story files are covered) and in the
+mutators that take text (`append`, `alter`, `remember`, `set_author_note`). `from_dict` checks the
+type of every field and the size limits below, so a malformed save fails at load with one reason,
+never later in the game (or in every autosave).
 """
 
 from __future__ import annotations
@@ -14,6 +20,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aidungeon.core.errors import StoryError
+from aidungeon.core.text import clean_text
+
+# Bounds on what a story may hold. A long adventure is a few thousand turns of a few hundred
+# characters; these leave a wide margin while keeping a save loadable in about a second.
+MAX_TURNS = 50_000
+MAX_CANDIDATES = 512  # per turn: retries keep adding
+MAX_TEXT_CHARS = 100_000  # per text: an opening, an action, a result, a memory or lore entry
+MAX_ENTRIES = 10_000  # memory entries, world info entries, keys of one entry
 
 
 @dataclass
@@ -25,6 +39,9 @@ class Candidate:
     sampling: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
 
+    def __post_init__(self) -> None:
+        self.text = clean_text(self.text)
+
 
 @dataclass
 class Turn:
@@ -35,6 +52,9 @@ class Turn:
     action: str
     candidates: list[Candidate] = field(default_factory=list)
     chosen: int = 0
+
+    def __post_init__(self) -> None:
+        self.action = clean_text(self.action)
 
     @property
     def result(self) -> str:
@@ -48,6 +68,10 @@ class WorldEntry:
     keys: list[str]
     text: str
     constant: bool = False
+
+    def __post_init__(self) -> None:
+        self.keys = [clean_text(key) for key in self.keys]
+        self.text = clean_text(self.text)
 
     def matches(self, text: str) -> bool:
         lowered = text.lower()
@@ -69,6 +93,13 @@ class Story:
     head: int | None = None
     redo_stack: list[int] = field(default_factory=list)
     next_id: int = 1
+
+    def __post_init__(self) -> None:
+        self.opening = clean_text(self.opening)
+        self.title = clean_text(self.title)
+        self.player_name = clean_text(self.player_name)
+        self.author_note = clean_text(self.author_note)
+        self.memory = [clean_text(entry) for entry in self.memory]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -108,6 +139,9 @@ class Story:
 
     def append(self, action: str) -> Turn:
         """Start a new turn after `head`; its result is added later with `add_candidates`."""
+        if len(self.turns) >= MAX_TURNS:
+            raise StoryError(f"the story has reached {MAX_TURNS} turns; export it and start a new adventure")
+        _check_length(action, "the action")
         turn = Turn(id=self.next_id, parent=self.head, action=action)
         self.turns[turn.id] = turn
         self.next_id += 1
@@ -122,6 +156,8 @@ class Story:
             raise ValueError("add_candidates needs at least one candidate")
         if choose is not None and not 0 <= choose < len(candidates):
             raise ValueError(f"choose={choose} is not one of the {len(candidates)} new candidates")
+        if len(turn.candidates) + len(candidates) > MAX_CANDIDATES:
+            raise StoryError(f"this turn has reached {MAX_CANDIDATES} alternatives; undo it and try another action")
         first_new = len(turn.candidates)
         turn.candidates.extend(candidates)
         turn.chosen = first_new + (choose or 0)
@@ -137,11 +173,25 @@ class Story:
     def alter(self, text: str) -> Turn:
         """Replace the shown result of the last turn with the player's own text."""
         turn = self._require_last()
+        _check_length(text, "the text")
+        text = clean_text(text)
         if turn.candidates:
             turn.candidates[turn.chosen].text = text
         else:
             turn.candidates.append(Candidate(text=text))
         return turn
+
+    def remember(self, text: str) -> None:
+        """Add a memory entry (kept in every prompt)."""
+        if len(self.memory) >= MAX_ENTRIES:
+            raise StoryError(f"memory holds {MAX_ENTRIES} entries already; /forget some first")
+        _check_length(text, "the memory entry")
+        self.memory.append(clean_text(text))
+
+    def set_author_note(self, text: str) -> None:
+        """Replace the author's note ("" clears it)."""
+        _check_length(text, "the author's note")
+        self.author_note = clean_text(text)
 
     def discard_last(self) -> Turn:
         """Remove the last turn entirely (a generation that was stopped or failed)."""
@@ -210,32 +260,28 @@ class Story:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Story:
-        """Rebuild from `to_dict` output. Raises KeyError, TypeError, ValueError or AttributeError on bad data."""
+        """Rebuild from `to_dict` output. Raises ValueError (one short reason) on data of the wrong shape."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the story must be a table, not {type(data).__name__}")
+        raw_turns = _list(data.get("turns", []), "turns", MAX_TURNS)
         turns: dict[int, Turn] = {}
-        for raw in data["turns"]:
-            candidates = [_candidate(c) for c in raw.get("candidates", [])]
-            turn = Turn(
-                id=int(raw["id"]),
-                parent=None if raw["parent"] is None else int(raw["parent"]),
-                action=_str(raw["action"], "action"),
-                candidates=candidates,
-                chosen=int(raw.get("chosen", 0)),
-            )
+        for raw in raw_turns:
+            turn = _turn(raw)
             if turn.id in turns:
                 raise ValueError(f"turn {turn.id} appears twice")
             turns[turn.id] = turn
         story = cls(
-            opening=str(data["opening"]),
-            title=str(data.get("title", "")),
-            player_name=str(data.get("player_name", "")),
-            pin_opening=bool(data.get("pin_opening", False)),
-            memory=[str(m) for m in data.get("memory", [])],
-            author_note=str(data.get("author_note", "")),
-            world=[_world_entry(w) for w in data.get("world", [])],
+            opening=_text(data.get("opening"), "the opening"),
+            title=_text(data.get("title", ""), "the title"),
+            player_name=_text(data.get("player_name", ""), "the player's name"),
+            pin_opening=_bool(data.get("pin_opening", False), "pin_opening"),
+            memory=[_text(m, "a memory entry") for m in _list(data.get("memory", []), "memory", MAX_ENTRIES)],
+            author_note=_text(data.get("author_note", ""), "the author's note"),
+            world=[_world_entry(w) for w in _list(data.get("world", []), "world info", MAX_ENTRIES)],
             turns=turns,
-            head=data.get("head"),
-            redo_stack=[int(i) for i in data.get("redo_stack", [])],
-            next_id=int(data.get("next_id", max(turns, default=0) + 1)),
+            head=_optional_int(data.get("head"), "head"),
+            redo_stack=[_int(i, "the redo list") for i in _list(data.get("redo_stack", []), "redo list", MAX_TURNS)],
+            next_id=_int(data.get("next_id", max(turns, default=0) + 1), "next_id"),
         )
         story.validate()
         return story
@@ -257,25 +303,94 @@ class Story:
             raise ValueError("turn numbering is inconsistent")
 
 
-def _str(value: Any, what: str) -> str:
+def _check_length(text: str, what: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise StoryError(f"{what} is too long ({len(text)} characters; at most {MAX_TEXT_CHARS})")
+
+
+def _text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be text, not {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"{what} is too long ({len(value)} characters; at most {MAX_TEXT_CHARS})")
     return value
 
 
-def _candidate(raw: dict[str, Any]) -> Candidate:
-    seed = raw.get("seed")
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number, not {type(value).__name__}")
+    return value
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    return None if value is None else _int(value, what)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false, not {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, what: str, limit: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list, not {type(value).__name__}")
+    if len(value) > limit:
+        raise ValueError(f"{what} holds {len(value)} entries; at most {limit} are allowed")
+    return value
+
+
+def _table(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a table, not {type(value).__name__}")
+    return value
+
+
+_FLAT_VALUES = (str, int, float, bool, type(None))
+
+
+def _sampling(value: Any) -> dict[str, Any]:
+    """A candidate's sampler settings: a flat table of numbers, texts, true/false or null.
+
+    Anything nested is refused here: a deeply nested value would load, then break every save.
+    """
+    table = _table(value if value is not None else {}, "a result's sampling")
+    if len(table) > MAX_ENTRIES or not all(isinstance(v, _FLAT_VALUES) for v in table.values()):
+        raise ValueError("a result's sampling must be a flat table of numbers, texts or true/false")
+    return dict(table)
+
+
+def _turn(raw: Any) -> Turn:
+    raw = _table(raw, "a turn")
+    return Turn(
+        id=_int(raw.get("id"), "a turn's id"),
+        parent=_optional_int(raw.get("parent"), "a turn's parent"),
+        action=_text(raw.get("action"), "an action"),
+        candidates=[_candidate(c) for c in _list(raw.get("candidates", []), "a turn's results", MAX_CANDIDATES)],
+        chosen=_int(raw.get("chosen", 0), "a turn's chosen result"),
+    )
+
+
+def _candidate(raw: Any) -> Candidate:
+    raw = _table(raw, "a result")
     score = raw.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise ValueError(f"a result's score must be a number, not {type(score).__name__}")
     return Candidate(
-        text=_str(raw["text"], "a result"),
-        seed=None if seed is None else int(seed),
-        sampling=dict(raw.get("sampling") or {}),
+        text=_text(raw.get("text"), "a result"),
+        seed=_optional_int(raw.get("seed"), "a result's seed"),
+        sampling=_sampling(raw.get("sampling")),
         score=None if score is None else float(score),
     )
 
 
-def _world_entry(raw: dict[str, Any]) -> WorldEntry:
-    keys = raw.get("keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+def _world_entry(raw: Any) -> WorldEntry:
+    raw = _table(raw, "a world info entry")
+    keys = _list(raw.get("keys", []), "world info keys", MAX_ENTRIES)
+    if not all(isinstance(k, str) for k in keys):
         raise ValueError("world info keys must be a list of texts")
-    return WorldEntry(keys=list(keys), text=_str(raw["text"], "world info text"), constant=bool(raw.get("constant")))
+    return WorldEntry(
+        keys=[_text(k, "a world info key") for k in keys],
+        text=_text(raw.get("text"), "world info text"),
+        constant=_bool(raw.get("constant", False), "a world info entry's constant"),
+    )

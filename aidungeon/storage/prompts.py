@@ -3,8 +3,9 @@
 Each `*.toml` file is one setting (format: `stories/README.md`); the file stem is its id. The built-in
 files ship inside the package as `aidungeon.stories`; a player's file with the same id replaces the
 built-in one. Files are validated on load: a bad file becomes one warning line naming the file and the
-problem, never a crash. This module also looks settings and characters up by name or number and fills
-`{name}` in the texts.
+problem, never a crash. Every text read is passed through `core.text.clean_text`, so a control
+character or a lone surrogate in a player's file never reaches a story. This module also looks
+settings and characters up by name or number and fills `{name}` in the texts.
 
 It does not write or create files, build a `Story`, or talk to the terminal or the model.
 """
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from aidungeon.core.errors import ConfigError
 from aidungeon.core.story import Story, WorldEntry
+from aidungeon.core.text import clean_text
 
 BUILTIN_PACKAGE = "aidungeon.stories"
 NAME_PLACEHOLDER = "{name}"
@@ -216,7 +218,8 @@ def _parse_world(table: Any, index: int) -> WorldInfo:
     constant = _get(table, "constant", bool, where, False)
     if not keys and not constant:
         raise ConfigError(f"{where}needs 'keys' (or constant = true)")
-    return WorldInfo(keys=tuple(key.strip() for key in keys), text=_text(table, "text", where), constant=constant)
+    cleaned = tuple(clean_text(key).strip() for key in keys)
+    return WorldInfo(keys=cleaned, text=_text(table, "text", where), constant=constant)
 
 
 def _check_unique_names(characters: Sequence[Character]) -> None:
@@ -252,6 +255,8 @@ def _get(table: dict[str, Any], key: str, kind: type[T], where: str, default: T 
     value = table[key]
     if not isinstance(value, kind):
         raise ConfigError(f"{where}{key!r} must be {_TYPE_NAMES.get(kind, kind.__name__)}, not {value!r}")
+    if isinstance(value, str):
+        return clean_text(value)  # type: ignore[return-value]  # kind is str here
     return value
 
 

@@ -301,7 +301,7 @@ def test_export_escapes_html_and_writes_markdown_to_stdout(tmp_path: Path) -> No
     assert_clean(aidungeon("export", "x", "--format", "html", "-o", str(target)))
     html = target.read_text(encoding="utf-8")
     assert "&lt;somewhere&gt; &amp; echoes." in html and "<somewhere>" not in html
-    markdown = aidungeon("export", "x")
+    markdown = aidungeon("export", "x", "-o", "-")  # the default is now the exports folder
     assert_clean(markdown)
     assert "You are in a dark cave." in markdown.stdout
     assert_one_line_error(aidungeon("export", "nosuch"), contains="nosuch")

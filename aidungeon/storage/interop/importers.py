@@ -1,4 +1,4 @@
-"""Stories in and out: import other games' saves, export a story as Markdown, text or HTML.
+"""Import other games' saves (AI Dungeon 2, Clover Edition, KoboldAI, AI Dungeon web) as `Story` objects.
 
 Imports read one JSON file and return `Story` objects built with `Story.append`/`add_candidates`,
 plus notes for the player on anything that could not be mapped. Every piece of story text, memory,
@@ -20,23 +20,27 @@ note and lore is kept; what has no place in a `Story` is named in a note, never 
   "story"/"start" action (or `prompt`) is the opening; "do", "say" and "story" actions are player actions,
   "continue" is the AI's result. `memory`, `authorsNote` and `worldInfo`/`storyCards` map directly.
 
-Exports (`md`, `txt`, `html`) show the current branch only; other branches and unchosen candidates are
-not exported. HTML is one self-contained file (inline CSS, no scripts, all text escaped).
-This module writes no files; callers save the text where the player asks.
+All text passes through `core.text.clean_text` as the `Story` is built (lone surrogates, control
+characters). Files over `MAX_IMPORT_BYTES`, and stories over `core.story`'s bounds (turns, characters
+per text), are refused with one line before anything large is built.
+
+This module reads files but writes none; exporting is `exporters.py`.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import re
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aidungeon.core.errors import SaveError
-from aidungeon.core.story import Candidate, Story, WorldEntry
+from aidungeon.core.story import MAX_CANDIDATES, MAX_ENTRIES, MAX_TEXT_CHARS, MAX_TURNS, Candidate, Story, WorldEntry
+
+# Another game's save is JSON in memory several times its size; 32 MB is far beyond a real story.
+MAX_IMPORT_BYTES = 32 * 2**20
 
 IMPORT_FORMATS = ("aidungeon2", "clover", "koboldai", "aidungeon-web")
 _FORMAT_NAMES = {
@@ -45,7 +49,6 @@ _FORMAT_NAMES = {
     "koboldai": "a KoboldAI save",
     "aidungeon-web": "an AI Dungeon web export",
 }
-EXPORT_FORMATS = ("md", "txt", "html")
 
 _KOBOLD_MARKERS = ("actions", "gamestarted", "memory", "authorsnote", "authornote", "worldinfo")
 _WEB_PLAYER_TYPES = ("do", "say", "story")
@@ -87,7 +90,15 @@ def _list(value: Any, what: str) -> list[Any]:
         return []
     if not isinstance(value, list):
         raise SaveError(f"{what} should be a list, but it is {type(value).__name__}")
-    return value
+    return _bounded(value, what)
+
+
+def _bounded(items: Any, what: str) -> Any:
+    """Refuse a list far beyond any story (a turn is at most two entries: action and result) before
+    a draft is built for each entry."""
+    if len(items) > 2 * MAX_TURNS:
+        raise SaveError(f"{what} has {len(items)} entries; a story of at most {MAX_TURNS} turns can be imported")
+    return items
 
 
 def _action(text: str) -> str:
@@ -140,7 +151,23 @@ def _memory(value: Any, game: str) -> tuple[list[str], list[str]]:
     return [], [f"{game}: memory is not text ({type(value).__name__}); it was not imported"]
 
 
+def _check_bounds(parts: _Parts) -> None:
+    """Refuse a story over the bounds a save can hold, before any of it is built."""
+    if len(parts.turns) > MAX_TURNS:
+        raise SaveError(f"{parts.title!r} has {len(parts.turns)} turns; at most {MAX_TURNS} can be imported")
+    if len(parts.memory) > MAX_ENTRIES or len(parts.world) > MAX_ENTRIES:
+        raise SaveError(f"{parts.title!r} has more than {MAX_ENTRIES} memory or world info entries")
+    texts = [parts.opening, parts.author_note, *parts.memory, *(entry.text for entry in parts.world)]
+    texts += [text for draft in parts.turns for text in (draft.action, *draft.results)]
+    longest = max(texts, key=len, default="")
+    if len(longest) > MAX_TEXT_CHARS:
+        raise SaveError(f"{parts.title!r} holds a text of {len(longest)} characters; at most {MAX_TEXT_CHARS}")
+    if any(len(draft.results) > MAX_CANDIDATES for draft in parts.turns):
+        raise SaveError(f"{parts.title!r} has a turn with more than {MAX_CANDIDATES} alternatives")
+
+
 def _build(parts: _Parts) -> Story:
+    _check_bounds(parts)
     story = Story(
         opening=parts.opening,
         title=parts.title,
@@ -194,13 +221,15 @@ def _kobold_chunks(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
     if isinstance(actions, dict) and isinstance(actions.get("actions"), dict):
         actions = actions["actions"]  # KoboldAI United: {"action_count": n, "actions": {...}}
     if isinstance(actions, dict):
+        _bounded(actions, "actions")
         try:
             items = [(str(key), actions[key]) for key in sorted(actions, key=int)]
         except ValueError:
             raise SaveError("KoboldAI actions should be numbered, but some keys are not numbers") from None
     else:
         items = [(str(index), item) for index, item in enumerate(_list(actions, "actions"))]
-    metadata = data.get("actions_metadata") if isinstance(data.get("actions_metadata"), dict) else {}
+    raw_metadata = data.get("actions_metadata")
+    metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     chunks = []
     for key, item in items:
         entry = item if isinstance(item, dict) else metadata.get(key, {})
@@ -401,7 +430,14 @@ def detect_format(data: Any, *, source: str = "this file") -> str:
 def import_file(path: Path) -> tuple[list[Story], list[str]]:
     """The stories in another game's save file, and notes on what could not be mapped."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_IMPORT_BYTES:
+                limit = MAX_IMPORT_BYTES // 2**20
+                raise SaveError(f"{path.name} is too large to import ({size / 2**20:.0f} MB; at most {limit} MB)")
+            raw = handle.read(MAX_IMPORT_BYTES + 1)
+    except IsADirectoryError:
+        raise SaveError(f"{path} is a folder, not a save file") from None
     except OSError as err:
         raise SaveError(f"cannot read {path}: {err.strerror or err}") from None
     try:
@@ -417,104 +453,3 @@ def import_file(path: Path) -> tuple[list[Story], list[str]]:
     if not stories:
         raise SaveError(f"{path.name} holds no stories")
     return stories, notes
-
-
-# -- export --------------------------------------------------------------------------------------
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
-_MD_LINE_START = re.compile(r"^(\s*)([-+=]|\d+\.)", re.MULTILINE)
-
-
-def _md_escape(text: str) -> str:
-    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), _MD_SPECIAL.sub(r"\\\1", text))
-
-
-def _extras(story: Story) -> list[tuple[str, list[str]]]:
-    """The player's notes: (heading, lines) for each kind that is not empty."""
-    sections = []
-    if story.memory:
-        sections.append(("Memory", list(story.memory)))
-    if story.author_note.strip():
-        sections.append(("Author's note", [story.author_note]))
-    if story.world:
-        lore = [f"{', '.join(e.keys) or '(no keys)'}{' (always)' if e.constant else ''}: {e.text}" for e in story.world]
-        sections.append(("World info", lore))
-    return sections
-
-
-def _paragraphs(text: str) -> list[str]:
-    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-
-
-def _export_txt(story: Story) -> str:
-    parts = [story.title.strip(), story.transcript()]
-    for heading, lines in _extras(story):
-        parts.append(f"-- {heading} --\n" + "\n".join(lines))
-    return "\n\n".join(p for p in parts if p) + "\n"
-
-
-def _export_md(story: Story) -> str:
-    parts = [f"# {_md_escape(story.title.strip())}"] if story.title.strip() else []
-    parts += [_md_escape(p) for p in _paragraphs(story.opening)]
-    for turn in story.path():
-        if turn.action.strip():
-            parts.append("\n".join(f"> {_md_escape(line)}" for line in turn.action.strip().splitlines()))
-        parts += [_md_escape(p) for p in _paragraphs(turn.result)]
-    extras = _extras(story)
-    if extras:
-        parts.append("---")
-        for heading, lines in extras:
-            parts.append(f"## {heading}\n\n" + "\n".join(f"- {_md_escape(line)}" for line in lines))
-    return "\n\n".join(parts) + "\n"
-
-
-_CSS = """
-:root { color-scheme: light dark; --ink: #222; --paper: #fdfcf8; --accent: #7a3e00; --muted: #666; }
-@media (prefers-color-scheme: dark) {
-  :root { --ink: #e8e4da; --paper: #1b1a18; --accent: #f0b060; --muted: #a09a90; }
-}
-body { background: var(--paper); color: var(--ink); margin: 0; }
-main { max-width: 38em; margin: 3em auto; padding: 0 1.25em;
-       font: 1.125rem/1.65 Georgia, "Iowan Old Style", "Palatino Linotype", serif; }
-h1 { font-size: 1.9em; line-height: 1.2; margin-bottom: 1.2em; }
-p { margin: 0 0 1em; white-space: pre-wrap; overflow-wrap: break-word; }
-p.action { color: var(--accent); font-family: system-ui, sans-serif; font-size: 0.95em;
-           border-left: 3px solid var(--accent); padding-left: 0.75em; margin: 1.5em 0; }
-p.action::before { content: "> "; }
-details { margin-top: 3em; color: var(--muted); font-size: 0.9em; }
-details li { white-space: pre-wrap; }
-""".strip()
-
-
-def _export_html(story: Story) -> str:
-    title = html.escape(story.title.strip() or "An aidungeon story")
-    body = [f"<h1>{title}</h1>"]
-    body += [f'<p class="story">{html.escape(p)}</p>' for p in _paragraphs(story.opening)]
-    for turn in story.path():
-        if turn.action.strip():
-            body.append(f'<p class="action">{html.escape(turn.action.strip())}</p>')
-        body += [f'<p class="story">{html.escape(p)}</p>' for p in _paragraphs(turn.result)]
-    extras = _extras(story)
-    if extras:
-        body.append("<details><summary>Memory, notes and world info</summary>")
-        for heading, lines in extras:
-            items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-            body.append(f"<h2>{html.escape(heading)}</h2><ul>{items}</ul>")
-        body.append("</details>")
-    content = "\n".join(body)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{title}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n<main>\n{content}\n</main>\n</body>\n</html>\n"
-    )
-
-
-_EXPORTERS: dict[str, Callable[[Story], str]] = {"md": _export_md, "txt": _export_txt, "html": _export_html}
-
-
-def export_story(story: Story, fmt: str) -> str:
-    """The current branch of `story` as text in `fmt`: "md", "txt" or "html" (one self-contained file)."""
-    key = fmt.strip().lower().removeprefix(".")
-    if key not in _EXPORTERS:
-        raise SaveError(f"unknown export format {fmt!r}; use {', '.join(EXPORT_FORMATS)}")
-    return _EXPORTERS[key](story)
