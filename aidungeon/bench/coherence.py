@@ -4,15 +4,16 @@ It plays K scripted adventures of T turns (settings, seeds and actions from
 `aidungeon/bench/data/coherence.toml`) twice: with the game's guard (cleanup, stop rules, ranked
 candidates, loop retries) and with AI Dungeon 2's rules as the baseline (temperature 0.4,
 top_k 40, no repetition penalty, cut at ">" and the trailing sentence). Every shown result is
-checked with the same detectors the guard uses, and the counts are reported per 100 turns.
+checked with the same detectors the guard uses, and the counts are reported per 100 turns. It
+returns the report and prints nothing: the CLI shows it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from aidungeon.core import cleanup, guard
 from aidungeon.core.config import Config
 from aidungeon.core.errors import ConfigError
+from aidungeon.game.rules import RuleSet
 from aidungeon.storage.paths import Paths, default_paths
 
 SCRIPT = Path(__file__).resolve().parent / "data" / "coherence.toml"
@@ -75,10 +77,11 @@ def baseline_config(config: Config) -> Config:
 
 
 def play_adventure(
-    loaded: Any, config: Config, adventure: dict[str, Any], *, actions: list[str], turns: int, rules: str
+    loaded: Any, config: Config, adventure: dict[str, Any], *, actions: list[str], turns: int, rules: RuleSet
 ) -> Tally:
     """One scripted adventure: the opening's continuation, then `turns - 1` actions."""
-    from aidungeon.game.session import Game
+    from aidungeon.game.events import EventKind
+    from aidungeon.game.start import start_session
     from aidungeon.model.engine import Engine
     from aidungeon.storage import prompts
 
@@ -88,11 +91,11 @@ def play_adventure(
     story = prompts.new_story(prompts.starting_story_parts(setting, character, adventure["name"]), adventure["name"])
     tally = Tally()
     with tempfile.TemporaryDirectory(prefix="aidungeon-coherence-") as home:
-        game = Game(
-            story=story,
-            engine=Engine.for_model(loaded),
-            config=config.with_value("seed", int(adventure["seed"])),
-            paths=default_paths({"AIDUNGEON_HOME": home}),
+        session = start_session(
+            story,
+            Engine.for_model(loaded),
+            config.with_value("seed", int(adventure["seed"])),
+            default_paths({"AIDUNGEON_HOME": home}),
             save_name="coherence",
             model_name=loaded.name,
             layout=loaded.layout,
@@ -100,18 +103,23 @@ def play_adventure(
         )
         lines = [""] + [actions[i % len(actions)] for i in range(turns - 1)]
         for line in lines:
-            recent = game.recent_results()
-            before = game.story.last
-            events = list(game.handle(line))
-            shown = next((e.text for e in events if e.kind == "result"), "")
-            if game.story.last is before:  # the turn stalled and was dropped: nothing was shown
+            recent = session.turns.recent_results(session.story)
+            before = session.story.last
+            events = list(session.handle(line))
+            shown = next((e.text for e in events if e.kind is EventKind.RESULT), "")
+            if session.story.last is before:  # the turn stalled and was dropped: nothing was shown
                 shown = ""
-            logprob = game.last_ranked[0].mean_logprob if shown and game.last_ranked else None
+            ranked = session.turns.telemetry.ranked
+            logprob = ranked[0].mean_logprob if shown and ranked else None
             tally.add(shown, recent, logprob, story.player_name or None)
     return tally
 
 
-def run_coherence(args: argparse.Namespace, paths: Paths, console: Any) -> int:
+def run_coherence(
+    args: argparse.Namespace, paths: Paths, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Play the scripted adventures in both modes; returns the report. `progress` hears of each
+    adventure played."""
     from aidungeon.core.config import load_config
     from aidungeon.model.loader import load_model
 
@@ -124,21 +132,18 @@ def run_coherence(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     if args.context:
         base = base.with_value("context_tokens", min(args.context, loaded.window))
     results: dict[str, Any] = {"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype}
-    for mode, rules, config in (("guard", "guard", base), ("baseline", "baseline", baseline_config(base))):
+    modes = (("guard", RuleSet.GUARD, base), ("baseline", RuleSet.BASELINE, baseline_config(base)))
+    for mode, rules, config in modes:
         total = Tally()
         for adventure in adventures:
             tally = play_adventure(loaded, config, adventure, actions=script["actions"], turns=turns, rules=rules)
             _merge(total, tally)
-            if not args.json:
-                console.print(f"{mode}: {adventure['setting']} done ({tally.turns} turns)", markup=False)
+            if progress is not None:
+                progress(f"{mode}: {adventure['setting']} done ({tally.turns} turns)")
         results[mode] = total.report()
     results["adventures"] = len(adventures)
     results["turns_per_adventure"] = turns
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_coherence(results, console)
-    return 0
+    return results
 
 
 def _merge(total: Tally, part: Tally) -> None:
@@ -147,22 +152,3 @@ def _merge(total: Tally, part: Tally) -> None:
         total.counts[name] += part.counts[name]
     total.texts += part.texts
     total.logprobs += part.logprobs
-
-
-def print_coherence(results: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"Coherence, {results['model']} on {results['device']}: per 100 turns")
-    table.add_column("measure")
-    table.add_column("guard", justify="right")
-    table.add_column("baseline (AI Dungeon 2 rules)", justify="right")
-    for name in (*METRICS, "distinct_2", "mean_logprob", "turns"):
-        guard_value, base_value = results["guard"][name], results["baseline"][name]
-        table.add_row(name, _fmt(guard_value), _fmt(base_value))
-    console.print(table)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)

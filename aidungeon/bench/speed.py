@@ -5,13 +5,13 @@ twice in one process: in normal mode (KV cache reused across turns) and in naive
 (re-encode the whole window every turn, as AI Dungeon 2 and KoboldAI did), and reports
 per-turn medians, their ratios, peak memory, startup time, and decode speed against the
 memory-bandwidth bound measured in the same run. Ratios from one run are what to compare:
-these machines are shared and noisy. `aidungeon bench coherence` lives in `bench_coherence`.
+these machines are shared and noisy. `aidungeon bench coherence` lives in `coherence.py`. It
+returns results and prints nothing: the CLI shows them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -77,26 +77,15 @@ class TurnRecord:
     stalled: bool = False
 
 
-def run_bench(args: argparse.Namespace, paths: Paths, console: Any) -> int:
-    if args.kind == "coherence":
-        from aidungeon.bench.coherence import run_coherence
-
-        return run_coherence(args, paths, console)
-    results = speed_bench(args, paths)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_speed(results, console)
-    return 0
-
-
-def speed_bench(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
-    """Load the model, play the session normally and naively, and gather the figures."""
+def speed_bench(args: argparse.Namespace, paths: Paths, *, started_at: float | None = None) -> dict[str, Any]:
+    """Load the model, play the session normally and naively, and gather the figures.
+    `started_at` is when the process started (wall clock), for systems without /proc."""
     from aidungeon.model.loader import load_model
 
     spec = _model_spec(args, paths)
     loaded = load_model(spec, paths, device=args.device, dtype=args.dtype, pack=not args.unpacked)
-    startup_s = time.time() - process_start_time()
+    start = process_start_time() or started_at
+    startup_s = time.time() - start if start is not None else 0.0
     turns = args.turns or 20
     config = (
         Config()
@@ -142,31 +131,34 @@ def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
 def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, raw: bool) -> list[TurnRecord]:
     """Play the scripted actions; `raw` keeps uncleaned text (random weights write noise)."""
     from aidungeon.core.story import Story
-    from aidungeon.game.session import STALLED, Game
+    from aidungeon.game.events import STALLED, EventKind
+    from aidungeon.game.rules import RuleSet
+    from aidungeon.game.start import start_session
     from aidungeon.model.engine import Engine
 
     engine = Engine.for_model(loaded)
     with tempfile.TemporaryDirectory(prefix="aidungeon-bench-") as home:
-        game = Game(
-            story=Story(opening=OPENING, title="bench", pin_opening=True),
-            engine=engine,
-            config=config,
-            paths=default_paths({"AIDUNGEON_HOME": home}),
+        session = start_session(
+            Story(opening=OPENING, title="bench", pin_opening=True),
+            engine,
+            config,
+            default_paths({"AIDUNGEON_HOME": home}),
             save_name="bench",
             model_name=loaded.name,
             layout=loaded.layout,
             reuse_cache=reuse_cache,
-            rules="raw" if raw else "guard",
+            rules=RuleSet.RAW if raw else RuleSet.GUARD,
         )
         records = []
         for number in range(turns):
             start = time.perf_counter()
-            events = list(game.handle(ACTIONS[number % len(ACTIONS)]))
+            events = list(session.handle(ACTIONS[number % len(ACTIONS)]))
             elapsed = time.perf_counter() - start
-            errors = [e for e in events if e.kind == "error"]
+            errors = [e for e in events if e.kind is EventKind.ERROR]
             if any(e.data != STALLED for e in errors):
                 raise RuntimeError(f"bench turn {number + 1} failed: {errors[0].text}")
-            stats = game.last_generation
+            stats = session.turns.telemetry.stats
+            assert stats is not None  # every turn drew at least once
             records.append(
                 TurnRecord(
                     ttft_s=stats.ttft_s,
@@ -287,50 +279,14 @@ def summarize(
     }
 
 
-def print_speed(results: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    packed = f", {results['packed_layers']} layers in 4 bits" if results["packed_layers"] else ""
-    console.print(f"{results['model']} on {results['device']} ({results['dtype']}{packed}), {results['machine']}")
-    table = Table(title=f"Per turn, {results['turns']} turns")
-    for column in ("turn", "ttft s", "turn s", "prefill tokens", "cache hit", "decode tok/s"):
-        table.add_column(column, justify="right")
-    for number, record in enumerate(results["per_turn"], start=1):
-        table.add_row(
-            str(number),
-            f"{record['ttft_s']:.3f}",
-            f"{record['turn_s']:.2f}",
-            str(record["prefill_tokens"]),
-            "yes" if record["cache_hit"] else "no",
-            f"{record['decode_tok_s']:.1f}",
-        )
-    console.print(table)
-    lines = [
-        f"median time to first token {results['median_ttft_s']:.3f} s "
-        f"(naive {results['naive_median_ttft_s']:.3f} s, ratio {results['ttft_ratio']:.3f})",
-        f"median turn {results['median_turn_s']:.2f} s (naive {results['naive_median_turn_s']:.2f} s, "
-        f"ratio {results['turn_ratio']:.3f})",
-        f"cache hits {results['cache_hit_ratio']:.0%}, stalled turns {results['stalled_turns']}",
-        f"decode {results['decode_tok_s']:.1f} tok/s, bound {results['decode_bound_tok_s']:.1f} tok/s "
-        f"({results['weight_mb']:.0f} MB of weights at {results['read_bandwidth_gb_s']:.1f} GB/s, the faster of "
-        f"{' and '.join(f'{b:.1f}' for b in results['read_bandwidth_samples_gb_s'])}): "
-        f"{results['decode_fraction_of_bound']:.2f} of the bound",
-        f"the LM head's one-row product reads at {results['head_bandwidth_gb_s']:.1f} GB/s: decode is "
-        f"{results['decode_fraction_of_head_bound']:.2f} of reading every weight at that speed",
-        f"peak RSS {results['peak_rss_mb']:.0f} MB, startup {results['startup_s']:.2f} s",
-    ]
-    for line in lines:
-        console.print(line, markup=False)
-
-
 def peak_rss_mb() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return usage / 2**20 if sys.platform == "darwin" else usage / 2**10
 
 
-def process_start_time() -> float:
-    """When this process started (wall clock), from /proc on Linux; else when aidungeon was imported."""
+def process_start_time() -> float | None:
+    """When this process started (wall clock), from /proc on Linux; None elsewhere."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         boot = next(
@@ -338,9 +294,7 @@ def process_start_time() -> float:
         )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
-        from aidungeon.cli.main import PROCESS_START
-
-        return time.time() - (time.perf_counter() - PROCESS_START)
+        return None
 
 
 def machine_description(device: str) -> str:

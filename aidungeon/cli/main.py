@@ -15,12 +15,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aidungeon import __version__
 from aidungeon.core.config import DEVICES, DTYPES, Config, load_config
 from aidungeon.core.errors import AIDungeonError, ConfigError
 from aidungeon.storage.paths import Paths, default_paths
+
+if TYPE_CHECKING:
+    from aidungeon.game.session import Session
+    from aidungeon.model.loader import LoadedModel
+    from aidungeon.ui.terminal.menu import StartChoice
 
 PROCESS_START = time.perf_counter()
 
@@ -113,9 +118,9 @@ def _run(args: argparse.Namespace, console: Any) -> int:
 
         return export_save(paths, console, args.name, args.format, args.output, force=args.force)
     if args.command == "bench":
-        from aidungeon.bench.speed import run_bench
+        from aidungeon.cli.bench import run_bench
 
-        return run_bench(args, paths, console)
+        return run_bench(args, paths, console, started_at=time.time() - (time.perf_counter() - PROCESS_START))
     return play(args, paths, console)
 
 
@@ -126,11 +131,12 @@ def session_config(args: argparse.Namespace, paths: Paths) -> Config:
 
 
 def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
-    from aidungeon.game.session import Event, Game, recap
-    from aidungeon.storage import saves
+    """Play: the start menu (or the flags that answer it), the model, then the game loop."""
+    from aidungeon.game.events import Event, EventKind, recap
     from aidungeon.ui.terminal.menu import choose_start
     from aidungeon.ui.terminal.render import Renderer
-    from aidungeon.ui.terminal.repl import Terminal, play
+    from aidungeon.ui.terminal.repl import Terminal
+    from aidungeon.ui.terminal.repl import play as play_loop
 
     if (args.character or args.name) and not args.setting:
         raise ConfigError("--character and --name go with --setting")
@@ -145,12 +151,7 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     # With --load the save names the model, so nothing is loaded before it is read.
     early = None if args.load is not None else EarlyLoad.start(config, args.model or config.app.model, paths)
     start = choose_start(args, paths, terminal)
-    if start.save is not None:
-        from aidungeon.game.session import settings_from_save
-
-        config = settings_from_save(config, start.save)
-        if args.seed is not None:
-            config = config.with_value("seed", args.seed)
+    config = _start_config(args, config, start)
     spec = _absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
     # The story so far needs no model: the player reads it while the model finishes loading.
     for event in recap(start.story):
@@ -158,23 +159,33 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     loaded = early.result(spec, console) if early else None
     if loaded is None:
         loaded = _load_model(config, spec, paths, console)
-    from aidungeon.model.engine import Engine
-
-    engine = Engine.for_model(loaded)
-    name = start.save_name or saves.autosave_name(paths.saves_dir, start.story)
-    game = Game(
-        story=start.story,
-        engine=engine,
-        config=config,
-        paths=paths,
-        save_name=name,
-        model_name=spec,
-        layout=loaded.layout,
-    )
+    session = _new_session(start, loaded, config, paths, spec)
     for warning in start.warnings:
-        renderer.show(Event("info", warning))
+        renderer.show(Event(EventKind.INFO, warning))
     logging.getLogger(__name__).info("ready in %.2f s", time.perf_counter() - PROCESS_START)
-    return play(game, terminal, recap_shown=True)
+    return play_loop(session, terminal, recap_shown=True)
+
+
+def _start_config(args: argparse.Namespace, config: Config, start: StartChoice) -> Config:
+    """A loaded save's own settings (with this run's app settings, and --seed on top)."""
+    if start.save is None:
+        return config
+    from aidungeon.game.persist import settings_from_save
+
+    config = settings_from_save(config, start.save)
+    return config.with_value("seed", args.seed) if args.seed is not None else config
+
+
+def _new_session(start: StartChoice, loaded: LoadedModel, config: Config, paths: Paths, spec: str) -> Session:
+    """The game session on the loaded model, saving under the save it came from or a new name."""
+    from aidungeon.game.start import start_session
+    from aidungeon.model.engine import Engine
+    from aidungeon.storage import saves
+
+    name = start.save_name or saves.autosave_name(paths.saves_dir, start.story)
+    return start_session(
+        start.story, Engine.for_model(loaded), config, paths, save_name=name, model_name=spec, layout=loaded.layout
+    )
 
 
 class EarlyLoad:

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from aidungeon.core.errors import ConfigError
-from aidungeon.storage.paths import atomic_write
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -204,8 +201,3 @@ def load_config(path: Path) -> Config:
         return Config.from_dict(data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-
-
-def save_config(config: Config, path: Path) -> None:
-    """Write the config atomically, so a crash never leaves a half-written file."""
-    atomic_write(path, tomli_w.dumps(config.to_dict()).encode("utf-8"))

@@ -30,7 +30,3 @@ class OutOfMemoryError(ModelError):
 
 class StoryError(AIDungeonError):
     """An action the story cannot take (nothing to undo, an unknown branch, ...)."""
-
-
-class GenerationInterrupted(AIDungeonError):
-    """The player stopped a generation (Ctrl-C); the story is unchanged."""

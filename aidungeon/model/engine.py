@@ -1,7 +1,8 @@
 """Token generation with a KV cache kept across turns, streaming and stop rules.
 
-The engine knows nothing about stories: it takes prompt token ids, sampling settings and a
-stop rule, and returns text. Between calls it keeps the KV cache of the tokens it last
+The engine knows nothing about stories: it implements `protocol.py` (`submit(Request)` returns
+a handle that streams text) from prompt token ids, sampling settings, a stop rule and a cancel
+token, which it checks between decode steps. Between calls it keeps the KV cache of the tokens it last
 processed; a new prompt reuses the longest common prefix with them, so a turn that only adds
 an action costs a prefill of that action, not of the whole window. It does not build prompts,
 clean text or choose between candidates; the game does.
@@ -15,17 +16,26 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers import DynamicCache, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from transformers.cache_utils import StaticLayer
 
+from aidungeon.core.cancel import CancelToken
 from aidungeon.core.config import Sampling
 from aidungeon.core.errors import OutOfMemoryError
 from aidungeon.model.cpu.fastpath import DecodeStep
+from aidungeon.model.protocol import (
+    Completion,
+    GenerationStats,
+    Request,
+    Result,
+    StopReason,
+    StopRule,
+)
 from aidungeon.model.sampling import build_processors, sample_next
 
 if TYPE_CHECKING:
@@ -39,62 +49,49 @@ STATIC_CACHE_CROPS = hasattr(StaticLayer, "crop")
 # Static caches grow by this many tokens at a time (see Engine._capacity).
 CACHE_CHUNK = 256
 
-# Given the text generated so far, where to cut it (a stop rule fired) or None to go on.
-StopRule = Callable[[str], "int | None"]
-
-
-@dataclass
-class GenerationStats:
-    """What one generation cost, for the status line and the benchmark."""
-
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    new_tokens: int = 0
-    ttft_s: float = 0.0
-    total_s: float = 0.0
-    decode_s: float = 0.0
-
-    @property
-    def prefill_tokens(self) -> int:
-        return self.prompt_tokens - self.reused_tokens
-
-    @property
-    def cache_hit(self) -> bool:
-        """Most of the prompt came from the cache (a full re-encode is a miss)."""
-        return self.prompt_tokens > 0 and self.reused_tokens >= self.prompt_tokens // 2
-
-    @property
-    def decode_tok_s(self) -> float:
-        steps = self.new_tokens - 1
-        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
-
-
-@dataclass
-class Candidate:
-    """One generated continuation, already cut at its stop rule."""
-
-    text: str
-    token_ids: list[int]
-    mean_logprob: float
-    stop_reason: str  # "eos", "stop", or "length"
-
 
 @dataclass
 class Generation:
-    """A running generation: iterate for streamed text of candidate 0, then read the results."""
+    """A running generation (the engine's `Handle`): iterate for streamed text of candidate 0,
+    then read the results."""
 
     pieces: Iterator[str]
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[Completion] = field(default_factory=list)
     stats: GenerationStats = field(default_factory=GenerationStats)
 
     def __iter__(self) -> Iterator[str]:
         return self.pieces
 
-    def run(self) -> list[Candidate]:
+    def result(self) -> Result:
+        return Result(completions=self.candidates, stats=self.stats)
+
+    def run(self) -> list[Completion]:
         """Consume the stream without showing it, and return the candidates."""
         for _ in self.pieces:
             pass
         return self.candidates
+
+
+@dataclass
+class _Job:
+    """One generation's settings and state, as the decode loop needs them."""
+
+    generation: Generation
+    prompt_ids: list[int]
+    rows: list[_Row]
+    sampling: Sampling
+    stop: StopRule | None
+    seed: int | None
+    cancel: CancelToken | None
+    start: float
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.generation.stats
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -113,7 +110,7 @@ class _Row:
         self.ids: list[int] = []
         self.text = ""
         self.logprob_sum = 0.0
-        self.stop_reason = ""
+        self.stop_reason: StopReason | None = None
         self.cut: int | None = None
         self.streamed = 0
 
@@ -121,11 +118,11 @@ class _Row:
     def done(self) -> bool:
         return bool(self.stop_reason)
 
-    def candidate(self) -> Candidate:
+    def completion(self) -> Completion:
         text = self.text if self.cut is None else self.text[: self.cut]
         mean = self.logprob_sum / len(self.ids) if self.ids else 0.0
-        return Candidate(
-            text=text, token_ids=list(self.ids), mean_logprob=mean, stop_reason=self.stop_reason or "length"
+        return Completion(
+            text=text, token_ids=list(self.ids), mean_logprob=mean, stop_reason=self.stop_reason or StopReason.LENGTH
         )
 
 
@@ -179,10 +176,27 @@ class Engine:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+    @property
+    def device_type(self) -> str:
+        return str(self.device.type)
+
     def reset(self) -> None:
-        """Forget the cached tokens (for example after a change of model settings)."""
+        """Forget the cached tokens (after an error left the cache half-updated)."""
         self._cache = None
         self._cached_rows = []
+
+    def submit(self, request: Request) -> Generation:
+        """The engine protocol's entry point. This engine keeps one cache, which the newest
+        request owns whatever its session; a batching engine would keep one per session."""
+        return self.generate(
+            list(request.prompt_ids),
+            request.sampling,
+            n=request.n,
+            stop=request.stop,
+            seed=request.seed,
+            reuse_cache=request.reuse_cache,
+            cancel=request.cancel,
+        )
 
     def generate(
         self,
@@ -193,47 +207,42 @@ class Engine:
         stop: StopRule | None = None,
         seed: int | None = None,
         reuse_cache: bool = True,
+        cancel: CancelToken | None = None,
     ) -> Generation:
-        """Start generating `n` candidates for `prompt_ids`; text streams as the result is iterated."""
+        """Start generating `n` candidates for `prompt_ids`; text streams as the result is iterated.
+        A set `cancel` token stops every row before its next decode step."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) + sampling.max_new_tokens > self.window:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in a {self.window}-token window")
         generation = Generation(pieces=iter(()))
-        generation.pieces = self._run(generation, prompt_ids, sampling, n, stop, seed, reuse_cache)
+        job = _Job(generation, prompt_ids, [_Row() for _ in range(n)], sampling, stop, seed, cancel, start=0.0)
+        generation.pieces = self._run(job, reuse_cache)
         return generation
 
-    def _run(
-        self,
-        generation: Generation,
-        prompt_ids: list[int],
-        sampling: Sampling,
-        n: int,
-        stop: StopRule | None,
-        seed: int | None,
-        reuse_cache: bool,
-    ) -> Iterator[str]:
-        stats = generation.stats
-        stats.prompt_tokens = len(prompt_ids)
-        start = time.perf_counter()
-        rows = [_Row() for _ in range(n)]
+    def _run(self, job: _Job, reuse_cache: bool) -> Iterator[str]:
+        generation = job.generation
+        job.stats.prompt_tokens = len(job.prompt_ids)
+        job.start = time.perf_counter()
         # The engine has one cache: the newest generation owns it, and an older one left
         # unfinished must neither use it nor, when it is closed, throw it away.
         self._owner = generation
         try:
             with torch.inference_mode():
-                logits = self._prefill(prompt_ids, n, reuse_cache, stats, room=sampling.max_new_tokens)
-            yield from self._decode(generation, logits, prompt_ids, rows, sampling, stop, seed, stats, start)
+                logits = self._prefill(
+                    job.prompt_ids, len(job.rows), reuse_cache, job.stats, room=job.sampling.max_new_tokens
+                )
+            yield from self._decode(job, logits)
         except torch.OutOfMemoryError as err:
             self._release(generation)
             raise OutOfMemoryError(f"the {self.device.type} ran out of memory while generating") from err
         except BaseException:
-            # Stopped mid-step (Ctrl-C, an error): the cache may be half-updated, so drop it.
+            # Stopped mid-step (an error): the cache may be half-updated, so drop it.
             self._release(generation)
             raise
         finally:
-            stats.total_s = time.perf_counter() - start
-        generation.candidates = [row.candidate() for row in rows]
+            job.stats.total_s = time.perf_counter() - job.start
+        generation.candidates = [row.completion() for row in job.rows]
 
     def _release(self, generation: Generation) -> None:
         if self._owner is generation:
@@ -302,76 +311,97 @@ class Engine:
         self._cached_rows = [self._cached_rows[best]]
         return lengths[best]
 
-    def _decode(
-        self,
-        generation: Generation,
-        logits: torch.Tensor,
-        prompt_ids: list[int],
-        rows: list[_Row],
-        sampling: Sampling,
-        stop: StopRule | None,
-        seed: int | None,
-        stats: GenerationStats,
-        start: float,
-    ) -> Iterator[str]:
-        n = len(rows)
-        processors = build_processors(
-            sampling,
-            prompt_length=len(prompt_ids),
-            eos_ids=sorted(self.eos_ids),
-            vocab_limit=len(self.tokenizer),
-            device=self.device,
-        )
-        generator = torch.Generator(device=self.device)
-        if seed is None:
-            generator.seed()  # fresh entropy, leaving torch's global generator alone
-        else:
-            generator.manual_seed(seed)
-        with torch.inference_mode():
-            # A preallocated history keeps the repetition penalty's view free of per-step copies.
-            history = torch.empty((n, len(prompt_ids) + sampling.max_new_tokens), dtype=torch.long, device=self.device)
-            history[:, : len(prompt_ids)] = torch.tensor(prompt_ids, device=self.device)
-        length = len(prompt_ids)
+    def _decode(self, job: _Job, logits: torch.Tensor) -> Iterator[str]:
+        """Sample, stream and feed one token per row per step until every row stops, the
+        length runs out or the job is cancelled (checked before each step, when the cache and
+        its recorded rows agree, so a cancelled generation leaves a reusable cache)."""
+        processors = self._processors(job)
+        generator = self._generator(job.seed)
+        history = self._history(job)
+        length = len(job.prompt_ids)
         decode_start = 0.0
-        for step in range(sampling.max_new_tokens):
-            # Inference mode covers the tensor work only, never a yield: the caller's code
-            # between streamed pieces must run with autograd as it expects.
-            with torch.inference_mode():
-                raw = torch.log_softmax(logits, dim=-1)
-                scores = processors(history[:, :length], logits.clone())
-                tokens = sample_next(
-                    scores,
-                    greedy=sampling.temperature == 0,
-                    generator=generator,
-                    top_k=sampling.top_k,
-                    top_p=sampling.top_p,
-                )
-                chosen_logprobs = raw.gather(1, tokens[:, None]).squeeze(1).tolist()
-                token_list = tokens.tolist()
-                history[:, length] = tokens
+        for step in range(job.sampling.max_new_tokens):
+            if job.cancelled:
+                for row in job.rows:
+                    row.stop_reason = row.stop_reason or StopReason.CANCELLED
+                break
+            token_list, logprobs, tokens = self._sample(job, processors, generator, history, length, logits)
             length += 1
             if step == 0:
-                stats.ttft_s = time.perf_counter() - start
+                job.stats.ttft_s = time.perf_counter() - job.start
                 decode_start = time.perf_counter()
-            stats.new_tokens = step + 1
-            for row, token, logprob in zip(rows, token_list, chosen_logprobs, strict=True):
+            job.stats.new_tokens = step + 1
+            for row, token, logprob in zip(job.rows, token_list, logprobs, strict=True):
                 if not row.done:
-                    self._advance(row, token, logprob, stop)
-            piece = self._stream_piece(rows[0])
+                    self._advance(row, token, logprob, job.stop)
+            piece = self._stream_piece(job.rows[0])
             if piece:
                 yield piece
-            if all(row.done for row in rows) or step == sampling.max_new_tokens - 1:
+            if all(row.done for row in job.rows) or step == job.sampling.max_new_tokens - 1:
                 break
-            if self._owner is not generation:
+            if self._owner is not job.generation:
                 raise RuntimeError("a newer generation took over the engine's cache")
             for cached, token in zip(self._cached_rows, token_list, strict=True):
                 cached.append(token)
             with torch.inference_mode():
                 logits = self._next_logits(tokens)
-        stats.decode_s = time.perf_counter() - decode_start if decode_start else 0.0
-        for row in rows:
+        job.stats.decode_s = time.perf_counter() - decode_start if decode_start else 0.0
+        for row in job.rows:
             if not row.done:
-                row.stop_reason = "length"
+                row.stop_reason = StopReason.LENGTH
+
+    def _processors(self, job: _Job) -> LogitsProcessorList:
+        return build_processors(
+            job.sampling,
+            prompt_length=len(job.prompt_ids),
+            eos_ids=sorted(self.eos_ids),
+            vocab_limit=len(self.tokenizer),
+            device=self.device,
+        )
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()  # fresh entropy, leaving torch's global generator alone
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def _history(self, job: _Job) -> torch.Tensor:
+        """Prompt and generated ids per row, preallocated so the repetition penalty's view needs
+        no per-step copies."""
+        size = len(job.prompt_ids) + job.sampling.max_new_tokens
+        with torch.inference_mode():
+            history = torch.empty((len(job.rows), size), dtype=torch.long, device=self.device)
+            history[:, : len(job.prompt_ids)] = torch.tensor(job.prompt_ids, device=self.device)
+        return history
+
+    @staticmethod
+    def _sample(
+        job: _Job,
+        processors: LogitsProcessorList,
+        generator: torch.Generator,
+        history: torch.Tensor,
+        length: int,
+        logits: torch.Tensor,
+    ) -> tuple[list[int], list[float], torch.Tensor]:
+        """One token per row, written into `history` at `length`: (the tokens, their
+        log-probabilities, the tokens as a tensor). Inference mode covers the tensor work only,
+        never a yield: the caller's code between streamed pieces must run with autograd as it expects."""
+        sampling = job.sampling
+        with torch.inference_mode():
+            raw = torch.log_softmax(logits, dim=-1)
+            scores = processors(history[:, :length], logits.clone())
+            tokens = sample_next(
+                scores,
+                greedy=sampling.temperature == 0,
+                generator=generator,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+            )
+            logprobs = raw.gather(1, tokens[:, None]).squeeze(1).tolist()
+            history[:, length] = tokens
+            return tokens.tolist(), logprobs, tokens
 
     def _next_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed each row's new token; return the logits (rows, vocab) after it."""
@@ -382,7 +412,7 @@ class Engine:
 
     def _advance(self, row: _Row, token: int, logprob: float, stop: StopRule | None) -> None:
         if token in self.eos_ids:
-            row.stop_reason = "eos"
+            row.stop_reason = StopReason.EOS
             return
         row.ids.append(token)
         row.logprob_sum += logprob
@@ -391,7 +421,7 @@ class Engine:
             cut = stop(row.text)
             if cut is not None:
                 row.cut = cut
-                row.stop_reason = "stop"
+                row.stop_reason = StopReason.STOP
 
     @staticmethod
     def _stream_piece(row: _Row) -> str:

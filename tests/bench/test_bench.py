@@ -35,11 +35,12 @@ SPEED_KEYS = {
 }
 
 
-def test_speed_bench_reports_every_figure(trained_model_dir: Path) -> None:
+def test_speed_bench_reports_every_figure(trained_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(
         ["bench", "--model", str(trained_model_dir), "--turns", "4", "--max-new-tokens", "8"]
     )
     results = speed_bench(args, default_paths())
+    assert capsys.readouterr().out == "", "the benchmark returns its results; the CLI prints them"
     assert results.keys() >= SPEED_KEYS
     assert results["turns"] == 4 and len(results["per_turn"]) == 4
     # The first timed turn starts a fresh engine: a miss. Later ones reuse the cache (and so
@@ -60,8 +61,11 @@ def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pyt
     args = build_parser().parse_args(
         ["bench", "coherence", "--model", str(trained_model_dir), "--adventures", "1", "--turns", "3", "--json"]
     )
-    assert run_coherence(args, default_paths(), console=None) == 0
-    results = json.loads(capsys.readouterr().out)
+    heard: list[str] = []
+    results = run_coherence(args, default_paths(), progress=heard.append)
+    assert capsys.readouterr().out == "", "the benchmark returns its results; the CLI prints them"
+    assert [line.split(":")[0] for line in heard] == ["guard", "baseline"]
+    json.dumps(results)  # the CLI's --json prints exactly this
     for mode in ("guard", "baseline"):
         assert set(METRICS) | {"turns"} <= results[mode].keys()
         assert results[mode]["turns"] == 3
@@ -69,6 +73,17 @@ def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pyt
     # The guard never shows a player turn or a cut-off sentence.
     assert results["guard"]["hallucinated_player_turns"] == 0
     assert results["guard"]["fragments"] == 0
+
+
+def test_the_benchmarks_do_not_import_the_cli() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aidungeon.bench.speed, aidungeon.bench.coherence; "
+        "assert not [m for m in sys.modules if m.startswith('aidungeon.cli')], 'bench imports cli'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_decode_reads_the_head_once_whether_tied_or_prepacked() -> None:

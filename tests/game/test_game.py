@@ -1,25 +1,28 @@
-"""The game loop driven directly: `Game.handle(line)` on the trained tiny model, events checked.
+"""The game loop driven directly: `Session.handle(line)`, events checked.
 
-Each test builds its game as `cli.play` does (loader, engine, game) on its own data folder. The
-model is loaded once per module; every game gets a fresh `Engine` so no KV cache is shared.
+Game logic runs on the scripted fake engine (tests/support/fake_engine.py) in milliseconds.
+Tests about the model's own behaviour (seeds, token ids, torch state) build their session as
+`cli.play` does (loader, engine, session) on the trained tiny model, loaded once per module;
+every session gets a fresh `Engine` so no KV cache is shared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gc
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.fake_engine import FakeEngine
+from support.sessions import OPENING, kinds, make_session, only, run, saved_story
 
-from aidungeon.core.config import Config
-from aidungeon.game import session as game_module
-from aidungeon.game.session import Event, Game
+from aidungeon.core.cancel import CancelToken
+from aidungeon.game import turn as turn_module
+from aidungeon.game.ids import PromptIds
+from aidungeon.game.session import Event, Session
 from aidungeon.storage import saves
 from aidungeon.storage.paths import Paths, default_paths
 from aidungeon.storage.prompts import custom_story
-
-OPENING = "You are in a dark cave. Water drips from the ceiling."
 
 
 @pytest.fixture(scope="module")
@@ -31,76 +34,33 @@ def loaded(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return load_model(str(trained_model_dir), paths, device="cpu")
 
 
-def make_game(loaded: Any, model_dir: Path, *, seed: int = 7, save_name: str = "t", **settings: Any) -> Game:
+def model_session(loaded: Any, model_dir: Path, *, seed: int = 7, save_name: str = "t") -> Session:
     from aidungeon.model.engine import Engine
 
-    config = Config().with_value("max_new_tokens", 16).with_value("seed", seed)
-    for key, value in settings.items():
-        config = config.with_value(key, value)
-    engine = Engine.for_model(loaded)
-    return Game(
-        story=custom_story(OPENING),
-        engine=engine,
-        config=config,
-        paths=default_paths(),
-        save_name=save_name,
-        model_name=str(model_dir),
-    )
+    return make_session(Engine.for_model(loaded), seed=seed, save_name=save_name, model_name=str(model_dir))
 
 
 @pytest.fixture
-def game(loaded: Any, trained_model_dir: Path) -> Game:
-    return make_game(loaded, trained_model_dir)
+def engine() -> FakeEngine:
+    return FakeEngine()
 
 
-def run(game: Game, line: str) -> list[Event]:
-    return list(game.handle(line))
+@pytest.fixture
+def game(engine: FakeEngine) -> Session:
+    return make_session(engine)
 
 
-def play(game: Game, line: str) -> list[Event]:
-    """A turn that must be answered (with the fixed seeds here it is; a changed model may need another seed)."""
+def play(game: Session, line: str) -> list[Event]:
+    """A turn that must be answered."""
     events = run(game, line)
-    assert "result" in kinds(events), f"no result for {line!r} with seed {game.config.sampling.seed}: {events}"
+    assert "result" in kinds(events), f"no result for {line!r}: {events}"
     return events
-
-
-def kinds(events: list[Event]) -> list[str]:
-    return [e.kind for e in events]
-
-
-def only(events: list[Event], kind: str) -> Event:
-    found = [e for e in events if e.kind == kind]
-    assert len(found) == 1, f"expected one {kind!r} event, got {events}"
-    return found[0]
-
-
-def saved_story(game: Game) -> dict[str, Any]:
-    data, _ = saves.read_save(game.paths.saves_dir, game.save_name)
-    return data.story.to_dict()
-
-
-class CountingEngine:
-    """Wraps an engine and counts (or replaces) its generate calls."""
-
-    def __init__(self, engine: Any, generate: Any = None) -> None:
-        self._engine = engine
-        self._generate = generate
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self._generate is not None:
-            return self._generate(self._engine, *args, **kwargs)
-        return self._engine.generate(*args, **kwargs)
 
 
 # -- turns ---------------------------------------------------------------------------------
 
 
-def test_an_action_enters_rewritten_and_gets_a_result(game: Game) -> None:
+def test_an_action_enters_rewritten_and_gets_a_result(game: Session) -> None:
     events = run(game, "look around")
     assert events[0] == Event("action", "You look around.")
     result = only(events, "result")
@@ -113,7 +73,12 @@ def test_an_action_enters_rewritten_and_gets_a_result(game: Game) -> None:
     assert pieces, "the result should stream"
 
 
-def test_every_turn_autosaves(game: Game) -> None:
+def test_a_player_turn_the_model_writes_is_cut_while_generating(engine: FakeEngine, game: Session) -> None:
+    engine.script = ["The troll wakes.\n> You run away.\nThe troll follows."]
+    assert only(run(game, "look around"), "result").text == "The troll wakes."
+
+
+def test_every_turn_autosaves(game: Session) -> None:
     lines = ("look around", "I light my torch", '"Hello?"', "!A bat flies past.", "go north", "")
     answered = 0
     for line in lines:
@@ -125,10 +90,21 @@ def test_every_turn_autosaves(game: Game) -> None:
             saved.pop("next_id")
             current.pop("next_id")
         assert saved == current
-    assert answered >= 3, "the trained model should answer most actions"
+    assert answered >= 3, "the engine should answer most actions"
 
 
-def test_retry_keeps_every_alternative_with_its_seed_and_sampling(game: Game) -> None:
+def test_ten_turns_in_process_take_well_under_a_second(game: Session) -> None:
+    import time
+
+    start = time.perf_counter()
+    for number in range(10):
+        play(game, f"walk to room {number}")
+    assert time.perf_counter() - start < 0.5
+    assert len(game.story.path()) == 10 and all(t.result for t in game.story.path())
+    assert saved_story(game) == game.story.to_dict()
+
+
+def test_retry_keeps_every_alternative_with_its_seed_and_sampling(game: Session) -> None:
     play(game, "look around")
     turn = game.story.last
     assert turn is not None
@@ -145,7 +121,7 @@ def test_retry_keeps_every_alternative_with_its_seed_and_sampling(game: Game) ->
     assert saved_story(game) == game.story.to_dict()
 
 
-def test_undo_then_a_new_action_keeps_the_old_branch(game: Game) -> None:
+def test_undo_then_a_new_action_keeps_the_old_branch(game: Session) -> None:
     play(game, "look around")
     play(game, "open the door")
     old_leaf = game.story.last
@@ -167,7 +143,7 @@ def test_undo_then_a_new_action_keeps_the_old_branch(game: Game) -> None:
     assert saved_story(game)["head"] == old_leaf.id
 
 
-def test_redo_brings_back_the_undone_turn(game: Game) -> None:
+def test_redo_brings_back_the_undone_turn(game: Session) -> None:
     play(game, "look around")
     turn = game.story.last
     assert turn is not None
@@ -179,7 +155,7 @@ def test_redo_brings_back_the_undone_turn(game: Game) -> None:
     assert kinds(run(game, "/redo")) == ["error"]
 
 
-def test_alter_replaces_the_result_and_without_text_asks_to_edit(game: Game) -> None:
+def test_alter_replaces_the_result_and_without_text_asks_to_edit(game: Session) -> None:
     play(game, "look around")
     old = game.story.last.result if game.story.last else ""
     events = run(game, "/alter")
@@ -190,7 +166,7 @@ def test_alter_replaces_the_result_and_without_text_asks_to_edit(game: Game) -> 
     assert saved_story(game) == game.story.to_dict()
 
 
-def test_alter_before_any_turn_is_an_error(game: Game) -> None:
+def test_alter_before_any_turn_is_an_error(game: Session) -> None:
     assert kinds(run(game, "/alter new text")) == ["error"]
     assert kinds(run(game, "/retry")) == ["error"]
     assert kinds(run(game, "/undo")) == ["error"]
@@ -199,7 +175,7 @@ def test_alter_before_any_turn_is_an_error(game: Game) -> None:
 # -- memory, notes, world info ---------------------------------------------------------------
 
 
-def test_memory_commands(game: Game) -> None:
+def test_memory_commands(game: Session) -> None:
     run(game, "/remember You are a knight.")
     run(game, "/remember The dragon is asleep.")
     assert game.story.memory == ["You are a knight.", "The dragon is asleep."]
@@ -217,7 +193,7 @@ def test_memory_commands(game: Game) -> None:
     assert kinds(run(game, "/forget")) == ["error"]
 
 
-def test_author_note(game: Game) -> None:
+def test_author_note(game: Session) -> None:
     assert only(run(game, "/note"), "info").text == "Author's note: (none)"
     run(game, "/note The mood is grim.")
     assert game.story.author_note == "The mood is grim."
@@ -227,7 +203,7 @@ def test_author_note(game: Game) -> None:
     assert saved_story(game)["author_note"] == ""
 
 
-def test_world_info(game: Game) -> None:
+def test_world_info(game: Session) -> None:
     run(game, "/world add dragon, wyrm: Dragons breathe fire.")
     run(game, "/world add *: Magic is forbidden.")
     rows = only(run(game, "/world list"), "table").data.rows
@@ -247,11 +223,11 @@ def test_world_info(game: Game) -> None:
 # -- settings, errors, context ---------------------------------------------------------------
 
 
-def test_set_a_value(game: Game) -> None:
+def test_set_a_value(game: Session) -> None:
     events = run(game, "/set temperature 0.5")
     assert events == [Event("info", "temperature = 0.5")]
     assert game.config.sampling.temperature == 0.5
-    data, _ = saves.read_save(game.paths.saves_dir, game.save_name)
+    data, _ = saves.read_save(default_paths().saves_dir, game.save_name)
     assert data.settings["sampling"]["temperature"] == 0.5
 
 
@@ -259,7 +235,7 @@ def test_set_a_value(game: Game) -> None:
     "line",
     ["/set temperature hot", "/set temperature 99", "/set model x", "/set nosuch 1", "/set temperature", "/frobnicate"],
 )
-def test_bad_commands_give_one_error_event(game: Game, line: str) -> None:
+def test_bad_commands_give_one_error_event(game: Session, line: str) -> None:
     before = game.config
     events = run(game, line)
     assert kinds(events) == ["error"], events
@@ -267,11 +243,11 @@ def test_bad_commands_give_one_error_event(game: Game, line: str) -> None:
     assert game.config == before
 
 
-def test_set_model_names_the_command_line_option(game: Game) -> None:
+def test_set_model_names_the_command_line_option(game: Session) -> None:
     assert "--model" in run(game, "/set model x")[0].text
 
 
-def test_help_lists_every_command(game: Game) -> None:
+def test_help_lists_every_command(game: Session) -> None:
     table = only(run(game, "/help"), "table").data
     listed = {row[0].split()[0] for row in table.rows}
     for name in ("/retry", "/undo", "/redo", "/alter", "/remember", "/forget", "/memory", "/save", "/load"):
@@ -281,18 +257,18 @@ def test_help_lists_every_command(game: Game) -> None:
     assert all(row[1] for row in table.rows), "every command needs a help line"
 
 
-def test_context_table_counts_add_up(game: Game) -> None:
+def test_context_table_counts_add_up(game: Session) -> None:
     run(game, "/remember You are a knight.")
     play(game, "look around")
     table = only(run(game, "/context"), "table").data
     assert table.columns == ("part", "tokens", "text")
     total = sum(int(row[1]) for row in table.rows)
-    assert f" {total} of {game.budget()} tokens" in f" {table.footer}"
+    assert f" {total} of {game.turns.budget(game.config)} tokens" in f" {table.footer}"
     assert total == len(game.build_context().ids)
     assert [row[0] for row in table.rows][:2] == ["memory", "opening (pinned)"]
 
 
-def test_settings_table(game: Game) -> None:
+def test_settings_table(game: Session) -> None:
     table = only(run(game, "/settings"), "table").data
     values = {row[0]: row[1] for row in table.rows}
     assert values["max_new_tokens"] == "16"
@@ -302,7 +278,7 @@ def test_settings_table(game: Game) -> None:
 # -- saves -----------------------------------------------------------------------------------
 
 
-def test_save_then_load_restores_the_exact_story(game: Game, loaded: Any, trained_model_dir: Path) -> None:
+def test_save_then_load_restores_the_exact_story(game: Session) -> None:
     play(game, "look around")
     run(game, "/remember You are brave.")
     run(game, "/set top_k 20")
@@ -311,7 +287,7 @@ def test_save_then_load_restores_the_exact_story(game: Game, loaded: Any, traine
     assert game.save_name == "x"
     run(game, "open the door")  # autosaved under the new name
 
-    other = make_game(loaded, trained_model_dir, save_name="other")
+    other = make_session(FakeEngine(), save_name="other")
     events = run(other, "/load x")
     assert Event("info", "Loaded x.") in events
     assert "error" not in kinds(events)
@@ -322,37 +298,37 @@ def test_save_then_load_restores_the_exact_story(game: Game, loaded: Any, traine
     assert other.story.memory == ["You are brave."]
 
 
-def test_load_restores_the_story_saved_by_name(game: Game, loaded: Any, trained_model_dir: Path) -> None:
+def test_load_restores_the_story_saved_by_name(game: Session) -> None:
     play(game, "look around")
     run(game, "/save x")
     snapshot = game.story.to_dict()
-    other = make_game(loaded, trained_model_dir, save_name="other")
+    other = make_session(FakeEngine(), save_name="other")
     run(other, "/load x")
     assert other.story.to_dict() == snapshot
     assert kinds(run(other, "/load nosuch")) == ["error"]
 
 
-def test_print_shows_the_transcript(game: Game) -> None:
+def test_print_shows_the_transcript(game: Session) -> None:
     play(game, "look around")
     text = only(run(game, "/print"), "text").text
     assert text.startswith(OPENING)
     assert "> You look around." in text
 
 
-def test_quit_saves(game: Game) -> None:
+def test_quit_saves(game: Session) -> None:
     play(game, "look around")
     events = run(game, "/quit")
     assert kinds(events) == ["quit"]
     assert saved_story(game) == game.story.to_dict()
 
 
-# -- reproducibility -------------------------------------------------------------------------
+# -- reproducibility (the model's own sampling) ------------------------------------------------
 
 
 def test_same_seed_and_actions_give_the_same_story(loaded: Any, trained_model_dir: Path) -> None:
     stories = []
     for name in ("a", "b"):
-        game = make_game(loaded, trained_model_dir, seed=3, save_name=name)
+        game = model_session(loaded, trained_model_dir, seed=3, save_name=name)
         for line in ("look around", "light a torch", "", "/retry"):
             run(game, line)
         stories.append([(t.action, [c.text for c in t.candidates]) for t in game.story.path()])
@@ -363,103 +339,78 @@ def test_same_seed_and_actions_give_the_same_story(loaded: Any, trained_model_di
 def test_another_seed_gives_another_story(loaded: Any, trained_model_dir: Path) -> None:
     results = []
     for seed in (1, 2):
-        game = make_game(loaded, trained_model_dir, seed=seed, save_name=f"s{seed}")
-        play(game, "look around")
-        play(game, "light a torch")
+        game = model_session(loaded, trained_model_dir, seed=seed, save_name=f"s{seed}")
+        for line in ("look around", "light a torch"):
+            assert "result" in kinds(run(game, line))
         results.append(game.story.transcript())
     assert results[0] != results[1]
 
 
-# -- empty results and interruptions --------------------------------------------------------
+# -- empty results and cancelled turns -------------------------------------------------------
 
 
-def test_empty_results_are_retried_a_bounded_number_of_times(game: Game, monkeypatch: pytest.MonkeyPatch) -> None:
-    counting = CountingEngine(game.engine)
-    game.engine = counting
-    monkeypatch.setattr(game, "_stop_rule", lambda text: 0)
+def test_empty_results_are_retried_a_bounded_number_of_times(engine: FakeEngine, game: Session) -> None:
+    engine.script = [""] * (2 * turn_module.MAX_ATTEMPTS)
     run(game, "look around")  # nothing usable: the action is taken back
-    assert counting.calls == game_module.MAX_ATTEMPTS
+    assert len(engine.requests) == turn_module.MAX_ATTEMPTS
     assert game.story.last is None
     assert game.story.turns == {}
 
     game.story = custom_story(OPENING)
-    counting.calls = 0
     events = run(game, "look around")
-    assert counting.calls == game_module.MAX_ATTEMPTS
+    assert len(engine.requests) == 2 * turn_module.MAX_ATTEMPTS
     assert kinds(events).count("error") == 1
     assert "result" not in kinds(events)
     assert game.story.path() == []
 
 
-def test_an_empty_retry_keeps_the_turn(game: Game, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_empty_retry_keeps_the_turn(engine: FakeEngine, game: Session) -> None:
+    engine.script = ["The door opens.", *[""] * turn_module.MAX_ATTEMPTS]
     play(game, "look around")
     turn = game.story.last
     assert turn is not None
     before = turn.result
-    counting = CountingEngine(game.engine)
-    game.engine = counting
-    monkeypatch.setattr(game, "_stop_rule", lambda text: 0)
     events = run(game, "/retry")
-    assert counting.calls == game_module.MAX_ATTEMPTS
+    assert len(engine.requests) == 1 + turn_module.MAX_ATTEMPTS
     assert kinds(events).count("error") == 1
     assert game.story.last is turn and turn.result == before
 
 
-def _interrupting_generate(engine: Any, *args: Any, **kwargs: Any) -> Any:
-    # Without stop rules the first sampled token always streams, so there is a piece to interrupt.
-    generation = engine.generate(*args, **{**kwargs, "stop": None})
-    real = iter(generation)
-
-    def pieces() -> Iterator[str]:
-        yield next(real)
-        real.throw(KeyboardInterrupt)  # as a Ctrl-C inside the model's forward pass would
-        raise AssertionError("the engine swallowed the interrupt")
-
-    generation.pieces = pieces()
-    return generation
-
-
-def test_ctrl_c_during_generation_keeps_the_action_and_retry_finishes_it(game: Game) -> None:
+def test_a_cancelled_turn_keeps_the_action_and_retry_finishes_it(engine: FakeEngine, game: Session) -> None:
     play(game, "look around")
-    real_engine = game.engine
-    game.engine = CountingEngine(real_engine, _interrupting_generate)
-    events: list[Event] = []
-    with pytest.raises(KeyboardInterrupt):
-        for event in game.handle("open the door"):
-            events.append(event)
+    engine.cancel_after_pieces = 1  # as Ctrl-C after the first streamed piece
+    events = run(game, "open the door")
     assert kinds(events)[:2] == ["action", "piece"]
+    assert "Stopped." in events[-1].text and "result" not in kinds(events)
     last = game.story.last
     assert last is not None and last.action == "You open the door." and last.result == ""
     assert [t.action for t in game.story.path()] == ["You look around.", "You open the door."]
     assert saved_story(game) == game.story.to_dict()
 
-    game.engine = real_engine
+    engine.cancel_after_pieces = None
     events = run(game, "/retry")
     assert "result" in kinds(events), events
     assert game.story.last is last and last.result
     assert saved_story(game) == game.story.to_dict()
 
 
-def test_ctrl_c_in_the_renderer_closes_the_generation_cleanly(game: Game) -> None:
-    """The UI may get Ctrl-C between events and close the event stream: same outcome."""
-    events = game.handle("look around")
-    for event in events:
+def test_a_cancel_from_the_consumer_stops_the_turn_cleanly(game: Session) -> None:
+    """The UI sets the token between events (Ctrl-C in the renderer) and drains the stream."""
+    cancel = CancelToken()
+    for event in game.handle("look around", cancel):
         if event.kind == "piece":
-            events.close()
-            break
+            cancel.set()
     last = game.story.last
     assert last is not None and last.action == "You look around." and last.result == ""
     assert saved_story(game) == game.story.to_dict()
     assert "result" in kinds(run(game, "/retry"))
 
 
-def test_a_new_action_after_an_interrupted_one_replaces_it(game: Game) -> None:
+def test_a_new_action_after_a_cancelled_one_replaces_it(engine: FakeEngine, game: Session) -> None:
     play(game, "look around")
-    real_engine = game.engine
-    game.engine = CountingEngine(real_engine, _interrupting_generate)
-    with pytest.raises(KeyboardInterrupt):
-        list(game.handle("open the door"))
-    game.engine = real_engine
+    engine.cancel_after_pieces = 1
+    run(game, "open the door")
+    engine.cancel_after_pieces = None
     events = run(game, "climb the wall")
     assert "result" in kinds(events)
     assert [t.action for t in game.story.path()] == ["You look around.", "You climb the wall."]
@@ -468,7 +419,7 @@ def test_a_new_action_after_an_interrupted_one_replaces_it(game: Game) -> None:
     assert saved_story(game) == game.story.to_dict()
 
 
-def test_begin_generates_the_first_result_of_a_story_without_one(game: Game) -> None:
+def test_begin_generates_the_first_result_of_a_story_without_one(game: Session) -> None:
     events = list(game.begin())
     assert events[0] == Event("opening", OPENING)
     assert "result" in kinds(events)
@@ -476,39 +427,51 @@ def test_begin_generates_the_first_result_of_a_story_without_one(game: Game) -> 
     assert last is not None and last.action == "" and last.result
 
 
-def test_a_generation_closed_midway_leaves_torch_as_it_was(game: Game, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A generation dropped midway must not leave inference mode on, nor break a later turn when collected."""
-    import gc
+# -- the model's engine under cancels ------------------------------------------------------------
 
+
+def _collect_once_in(game: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the garbage collector run mid-generation (it may run at any allocation)."""
+    rules = game.turns.rules
+    real = rules.stop_rule
+    collected: list[bool] = []
+
+    def stop_rule(player_name: str | None) -> Any:
+        stop = real(player_name)
+
+        def stop_and_collect(text: str) -> int | None:
+            if not collected:
+                collected.append(True)
+                gc.collect()
+            return stop(text) if stop is not None else None
+
+        return stop_and_collect
+
+    monkeypatch.setattr(rules, "stop_rule", stop_rule)
+
+
+def test_a_generation_cancelled_midway_leaves_torch_as_it_was(
+    loaded: Any, trained_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn stopped midway must not leave inference mode on, nor break a later turn."""
     import torch
 
-    events = game.handle("look around")
-    for event in events:
+    game = model_session(loaded, trained_model_dir)
+    cancel = CancelToken()
+    for event in game.handle("look around", cancel):
         if event.kind == "piece":
-            events.close()  # what ui.repl.run_events does on Ctrl-C between two events
-            break
+            cancel.set()
     leaked = torch.is_inference_mode_enabled()
-    collected: list[bool] = []
-    real_stop = game._stop_rule
-
-    def stop_and_collect(text: str) -> int | None:
-        if not collected:  # the collector may run at any allocation; make it run mid-generation
-            collected.append(True)
-            gc.collect()
-        return real_stop(text)
-
-    monkeypatch.setattr(game, "_stop_rule", stop_and_collect)
+    _collect_once_in(game, monkeypatch)
     events_after = run(game, "open the door")
     assert not leaked
     assert "result" in kinds(events_after)
 
 
-# -- the terminal boundary -------------------------------------------------------------------
-
-
-def test_ctrl_c_while_rendering_stops_cleanly(game: Game, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_while_rendering_stops_cleanly(
+    loaded: Any, trained_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C that lands in the renderer (between two pieces) stops the turn like one in the model."""
-    import gc
     from io import StringIO
 
     import torch
@@ -523,61 +486,65 @@ def test_ctrl_c_while_rendering_stops_cleanly(game: Game, monkeypatch: pytest.Mo
                 raise KeyboardInterrupt
             super().show(event)
 
+    game = model_session(loaded, trained_model_dir)
     out = StringIO()
-    assert run_events(Interrupted(Console(file=out, width=100)), game.handle("look around")) == []
+    cancel = CancelToken()
+    assert run_events(Interrupted(Console(file=out, width=100)), game.handle("look around", cancel), cancel) == []
     assert "Stopped." in out.getvalue()
     assert not torch.is_inference_mode_enabled()
     last = game.story.last
     assert last is not None and last.action == "You look around." and not last.result
 
-    real_stop = game._stop_rule
-    collected: list[bool] = []
-
-    def stop_and_collect(text: str) -> int | None:
-        if not collected:
-            collected.append(True)
-            gc.collect()
-        return real_stop(text)
-
-    monkeypatch.setattr(game, "_stop_rule", stop_and_collect)
+    _collect_once_in(game, monkeypatch)
     assert "result" in kinds(run(game, "/retry"))
     assert game.story.last is last and last.result
+
+
+# -- the context's token ids ----------------------------------------------------------------
 
 
 def test_the_next_turn_reuses_the_models_own_ids_for_the_last_result(loaded: Any, trained_model_dir: Path) -> None:
     """A shown result is fed back as the ids the model generated, so the next prompt only
     prefills the new action (plus at most the last sampled token, which was never fed)."""
-    game = make_game(loaded, trained_model_dir, seed=4)
+    game = model_session(loaded, trained_model_dir, seed=4)
+    turns = game.turns
     checked = 0
     for line in ("look around", "open the door", "walk north", "light the torch", "listen"):
         before = game.story.last.result if game.story.last else ""
-        known = before in game._known_ids
-        play(game, line)
-        head = game.engine.encode(game.layout.turn(game.story.last.action, "")[0])
+        known = before in turns.ids.known
+        assert "result" in kinds(run(game, line))
+        assert game.story.last is not None and turns.telemetry.stats is not None
+        head = turns.engine.encode(turns.layout.turn(game.story.last.action, "")[0])
         if known:
-            assert game.last_generation.prefill_tokens <= len(head) + 1
+            assert turns.telemetry.stats.prefill_tokens <= len(head) + 1
             checked += 1
     assert checked >= 2
 
 
-def test_a_result_keeps_the_exact_ids_the_model_sampled(loaded: Any, trained_model_dir: Path) -> None:
+def test_a_result_keeps_the_exact_ids_the_model_sampled(loaded: Any) -> None:
     """Ids that are not the tokenizer's own split of the text (here one token per character)
     are what the cache holds, so they are what the context must feed back."""
-    game = make_game(loaded, trained_model_dir)
+    from aidungeon.model.engine import Engine
+
+    engine = Engine.for_model(loaded)
+    ids = PromptIds(engine.encode, engine.decode)
     text = "The goblin snarls."
     per_character = [loaded.tokenizer.convert_tokens_to_ids(c) for c in "The"]
-    sampled = per_character + game.engine.encode(" goblin snarls.") + game.engine.encode(" It")
-    assert game.engine.decode(sampled[:-1]) == text and sampled[:-1] != game.engine.encode(text)
-    game._remember_ids(text, sampled)
-    assert game._encode(text) == sampled[:-1]
-    assert game._encode("Something else.") == game.engine.encode("Something else.")
+    sampled = per_character + engine.encode(" goblin snarls.") + engine.encode(" It")
+    assert engine.decode(sampled[:-1]) == text and sampled[:-1] != engine.encode(text)
+    ids.remember(text, sampled)
+    assert ids.encode(text) == sampled[:-1]
+    assert ids.encode("Something else.") == engine.encode("Something else.")
 
 
-def test_a_result_cut_by_cleanup_keeps_the_ids_of_its_unchanged_start(loaded: Any, trained_model_dir: Path) -> None:
-    game = make_game(loaded, trained_model_dir)
-    start = [loaded.tokenizer.convert_tokens_to_ids(c) for c in "The"] + game.engine.encode(" goblin snarls")
-    sampled = start + game.engine.encode(" loudly and")
-    game._remember_ids("The goblin snarls.", sampled)
-    fed = game._encode("The goblin snarls.")
+def test_a_result_cut_by_cleanup_keeps_the_ids_of_its_unchanged_start(loaded: Any) -> None:
+    from aidungeon.model.engine import Engine
+
+    engine = Engine.for_model(loaded)
+    ids = PromptIds(engine.encode, engine.decode)
+    start = [loaded.tokenizer.convert_tokens_to_ids(c) for c in "The"] + engine.encode(" goblin snarls")
+    sampled = start + engine.encode(" loudly and")
+    ids.remember("The goblin snarls.", sampled)
+    fed = ids.encode("The goblin snarls.")
     assert fed[: len(start)] == start
-    assert game.engine.decode(fed) == "The goblin snarls."
+    assert engine.decode(fed) == "The goblin snarls."

@@ -2,72 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.fake_engine import FakeEngine
+from support.sessions import make_session
 
-from aidungeon.core.config import Config
 from aidungeon.core.errors import OutOfMemoryError
 from aidungeon.core.story import Story
-from aidungeon.game.session import Game
+from aidungeon.game.session import Session
 from aidungeon.model import loader
+from aidungeon.model.protocol import Request
 from aidungeon.storage import saves
 from aidungeon.storage.paths import default_paths
 
 
-@dataclass
-class FakeGeneration:
-    texts: list[str]
-    fail: bool
-    candidates: list[Any] = field(default_factory=list)
-    stats: Any = None
-
-    def __iter__(self) -> Iterator[str]:
-        if self.fail:
-            raise OutOfMemoryError("the cuda ran out of memory while generating")
-        from aidungeon.model.engine import Candidate, GenerationStats
-
-        self.stats = GenerationStats(prompt_tokens=10, new_tokens=5)
-        self.candidates = [Candidate(t, [1], -1.0, "eos") for t in self.texts]
-        yield self.texts[0]
-
-
-class OomEngine:
+class OomEngine(FakeEngine):
     """Runs out of memory while the batch or the window is above a limit."""
 
-    window = 1024
-    device = type("Device", (), {"type": "cuda"})()
-
     def __init__(self, *, max_batch: int, max_prompt: int) -> None:
+        super().__init__(device_type="cuda", oom=self._too_big)
         self.max_batch = max_batch
         self.max_prompt = max_prompt
-        self.calls: list[tuple[int, int]] = []
 
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) % 200 for c in text]
+    def _too_big(self, request: Request) -> bool:
+        return request.n > self.max_batch or len(request.prompt_ids) > self.max_prompt
 
-    def reset(self) -> None:
-        pass
-
-    def generate(self, prompt_ids: list[int], sampling: Any, *, n: int = 1, **_: Any) -> FakeGeneration:
-        self.calls.append((n, len(prompt_ids)))
-        fail = n > self.max_batch or len(prompt_ids) > self.max_prompt
-        return FakeGeneration([f"The door opens onto stone steps number {i}." for i in range(n)], fail)
+    @property
+    def calls(self) -> list[tuple[int, int]]:
+        return [(r.n, len(r.prompt_ids)) for r in self.requests]
 
 
-def make_game(engine: OomEngine, opening_chars: int = 600) -> Game:
+def make_game(engine: OomEngine, opening_chars: int = 600) -> Session:
     story = Story(opening=("The hall is long and dark. " * 40)[:opening_chars], title="oom")
-    return Game(
-        story=story,
-        engine=engine,  # type: ignore[arg-type]
-        config=Config().with_value("seed", 1),
-        paths=default_paths(),
-        save_name="oom",
-        model_name="fake",
-    )
+    return make_session(engine, story=story, seed=1, save_name="oom", max_new_tokens=60)
 
 
 def kinds(events: list[Any]) -> list[str]:

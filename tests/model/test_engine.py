@@ -445,3 +445,29 @@ def test_static_cache_never_exceeds_the_window(loaded) -> None:
     engine = Engine(loaded.model, loaded.tokenizer, window=300)
     assert engine._capacity(1) == CACHE_CHUNK
     assert engine._capacity(CACHE_CHUNK + 1) == 300
+
+
+# -- the engine protocol -----------------------------------------------------------------------
+
+
+def test_a_cancel_token_stops_between_steps_and_leaves_a_reusable_cache(engine, prompt) -> None:
+    from aidungeon.core.cancel import CancelToken
+    from aidungeon.model.protocol import Request, StopReason
+
+    cancel = CancelToken()
+    handle = engine.submit(Request(session="s", prompt_ids=tuple(prompt), sampling=GREEDY, cancel=cancel))
+    streamed = ""
+    for piece in handle:
+        streamed += piece
+        cancel.set()
+    result = handle.result()
+    assert result.cancelled and result.completions[0].stop_reason is StopReason.CANCELLED
+    assert result.stats.new_tokens < GREEDY.max_new_tokens
+    assert result.completions[0].text.startswith(streamed) and streamed
+    fed = prompt + result.completions[0].token_ids
+    after = engine.generate(fed, GREEDY)
+    after.run()
+    # everything fed before the cancel is still in the cache (the last sampled token never was)
+    assert after.stats.reused_tokens == len(fed) - 1
+    reference = Engine(engine.model, engine.tokenizer, window=engine.window).generate(fed, GREEDY).run()
+    assert after.candidates[0].token_ids == reference[0].token_ids

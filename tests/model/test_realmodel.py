@@ -14,7 +14,7 @@ import pytest
 from aidungeon.core.config import Config
 from aidungeon.core.context import CHATML, layout_for
 from aidungeon.core.errors import ModelError
-from aidungeon.game.session import Game
+from aidungeon.game.start import start_session
 from aidungeon.model.engine import Engine
 from aidungeon.model.loader import load_model
 from aidungeon.storage.paths import default_paths
@@ -49,11 +49,11 @@ def test_three_turns_on_the_default_model(default_model) -> None:
     setting = find_setting(settings, "fantasy")
     story = new_story(starting_story_parts(setting, setting.character("knight"), "Bob"), "Bob")
     engine = Engine.for_model(default_model)
-    game = Game(
-        story=story,
-        engine=engine,
-        config=Config().with_value("seed", 7),
-        paths=default_paths(),
+    game = start_session(
+        story,
+        engine,
+        Config().with_value("seed", 7),
+        default_paths(),
         save_name="real",
         model_name="smollm2-135m",
         layout=CHATML,

@@ -3,16 +3,21 @@
 On a terminal, input is a prompt_toolkit session with history kept across sessions, Tab
 completion of commands and setting names, Alt-Enter for a new line, and a status bar.
 When stdin is not a terminal (a pipe, a test), lines are read plainly so the game is still
-playable. Ctrl-C during a generation stops it and leaves the story as it was; Ctrl-C at the
-prompt prints a hint; Ctrl-D saves and quits. The start menu is in `menu.py`.
+playable. Ctrl-C during a generation sets the turn's cancel token, which stops it and leaves
+the story as it was; Ctrl-C at the prompt prints a hint; Ctrl-D saves and quits (with exit
+code 1 if the adventure could not be saved). The start menu is in `menu.py`.
 """
 
 from __future__ import annotations
 
-import gc
+import signal
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from types import FrameType
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import (
@@ -30,9 +35,12 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.output import ColorDepth
 from rich.markup import escape
 
+from aidungeon.core.cancel import CancelToken
 from aidungeon.core.config import Config
+from aidungeon.core.errors import AIDungeonError
 from aidungeon.game.commands import REGISTRY
-from aidungeon.game.session import Event, Game
+from aidungeon.game.events import Event, EventKind
+from aidungeon.game.session import Session
 from aidungeon.ui.terminal.render import Renderer
 
 
@@ -143,70 +151,102 @@ class Terminal:
             self.renderer.show(Event("error", f"choose 1-{len(options)}, or /quit"))
 
 
-def run_events(renderer: Renderer, events: Iterator[Event]) -> list[Event]:
-    """Render a stream of events; Ctrl-C stops it cleanly. Returns the events that need replies."""
-    pending: list[Event] = []
+@contextmanager
+def _ctrl_c_cancels(cancel: CancelToken) -> Iterator[None]:
+    """While a line runs, Ctrl-C sets `cancel` rather than raising KeyboardInterrupt wherever the
+    main thread happens to be (usually inside the model). A second Ctrl-C, if the first did not
+    stop it, interrupts as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+        if cancel.is_set():
+            signal.default_int_handler(signum, frame)
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        for event in events:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_events(renderer: Renderer, events: Iterable[Event], cancel: CancelToken | None = None) -> list[Event]:
+    """Render a stream of events to its end; returns the events that need replies.
+
+    Once `cancel` is set (by Ctrl-C, or here when Ctrl-C lands in the renderer) the preview stops
+    and the stream is drained: the game ends the turn itself and says so."""
+    pending: list[Event] = []
+    stopped = False
+    for event in events:
+        if cancel is not None and cancel.is_set() and not stopped:
+            stopped = True
+            renderer.stop_stream()
+        if stopped and event.kind is EventKind.PIECE:
+            continue
+        try:
             renderer.show(event)
-            if event.kind in ("edit", "quit"):
-                pending.append(event)
-    except KeyboardInterrupt:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
-        # A generation stopped between two pieces may be left suspended in a reference cycle;
-        # collect it now, so its cleanup runs here and not in the middle of the next turn.
-        gc.collect()
-        renderer.stop_stream()
-        # The story keeps what it had: an interrupted action stays without a result.
-        renderer.show(Event("info", "Stopped. /retry generates again, or type another action."))
+        except KeyboardInterrupt:
+            if cancel is None:
+                raise
+            cancel.set()
+        if event.kind in (EventKind.EDIT, EventKind.QUIT):
+            pending.append(event)
     return pending
 
 
-def play(game: Game, terminal: Terminal, *, recap_shown: bool = False) -> int:
-    """The main loop, until /quit or Ctrl-D."""
-    if _loop_events(game, terminal, game.begin(show_recap=not recap_shown)):
-        return 0
-    while True:
-        terminal.status = status_line(game)
+def play(session: Session, terminal: Terminal, *, recap_shown: bool = False) -> int:
+    """The main loop, until /quit or the end of input. Returns the exit code: 1 when the
+    adventure has changes that could not be saved even at the end (the error was shown)."""
+    ended = _loop_events(session, terminal, partial(session.begin, show_recap=not recap_shown))
+    while not ended:
+        terminal.status = status_line(session)
         try:
             line = terminal.ask("\n> ")
         except KeyboardInterrupt:
-            terminal.renderer.show(Event("info", "(Ctrl-D or /quit saves and quits)"))
+            terminal.renderer.show(Event(EventKind.INFO, "(Ctrl-D or /quit saves and quits)"))
             continue
         except EOFError:
-            _loop_events(game, terminal, game.handle("/quit"))
-            return 0
-        if _loop_events(game, terminal, game.handle(line)):
-            return 0
+            _loop_events(session, terminal, partial(session.handle, "/quit"))
+            break
+        ended = _loop_events(session, terminal, partial(session.handle, line))
+    session.close()
+    return 1 if session.keeper.unsaved else 0
 
 
-def _loop_events(game: Game, terminal: Terminal, events: Iterator[Event]) -> bool:
-    """Render events and answer the ones that need the player; True when the game should end."""
-    for event in run_events(terminal.renderer, events):
-        if event.kind == "quit":
+def _loop_events(session: Session, terminal: Terminal, start: Callable[..., Iterator[Event]]) -> bool:
+    """Run `start(cancel=...)` with Ctrl-C cancelling it, render its events and answer the ones
+    that need the player; True when the game should end."""
+    cancel = CancelToken()
+    with _ctrl_c_cancels(cancel):
+        pending = run_events(terminal.renderer, start(cancel=cancel), cancel)
+    for event in pending:
+        if event.kind is EventKind.QUIT:
             return True
-        if event.kind == "edit":
-            try:
-                edited = terminal.ask("edit> ", default=event.text)
-            except (KeyboardInterrupt, EOFError):
-                continue
-            if _loop_events(game, terminal, game.handle(str(event.data) + edited)):
-                return True
+        try:
+            edited = terminal.ask("edit> ", default=event.text)
+        except (KeyboardInterrupt, EOFError):
+            continue
+        if _loop_events(session, terminal, partial(session.handle, str(event.data) + edited)):
+            return True
     return False
 
 
-def status_line(game: Game) -> str:
-    """model · device · tokens used of the budget · speed of the last turn."""
-    context, stats = game.last_context, game.last_generation
-    device = getattr(game.engine.device, "type", str(game.engine.device))
+def status_line(session: Session) -> str:
+    """model · device · tokens the next window uses of the budget (as /context counts them) ·
+    speed of the last turn · save."""
+    stats = session.turns.telemetry.stats
+    name = session.keeper.model_name
     # A model given as a folder or file shows its name, not the whole path (it has to fit one line).
-    model = Path(game.model_name).name if "/" in game.model_name or "\\" in game.model_name else game.model_name
-    parts = [model, device]
-    if context is not None:
+    model = Path(name).name if "/" in name or "\\" in name else name
+    parts = [model, session.turns.engine.device_type]
+    try:
+        context = session.build_context()
         parts.append(f"{context.tokens}/{context.budget} tokens")
+    except AIDungeonError:
+        pass  # the next line the player types gets the same error, in full
     if stats is not None and stats.decode_tok_s:
         parts.append(f"{stats.decode_tok_s:.1f} tok/s")
-    parts.append(f"save: {game.save_name}")
+    parts.append(f"save: {session.save_name}")
     return " · ".join(parts)

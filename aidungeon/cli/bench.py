@@ -1,0 +1,89 @@
+"""`aidungeon bench`: runs the benchmarks in `aidungeon.bench` and shows their results.
+
+The benchmarks return figures and print nothing; this module prints them, as a table or as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from aidungeon.storage.paths import Paths
+
+
+def run_bench(args: argparse.Namespace, paths: Paths, console: Any, *, started_at: float) -> int:
+    """Run the benchmark `args.kind` names and print its results; `started_at` is when the process started."""
+    if args.kind == "coherence":
+        from aidungeon.bench.coherence import run_coherence
+
+        progress = None if args.json else lambda line: console.print(line, markup=False)
+        results = run_coherence(args, paths, progress=progress)
+        show = print_coherence
+    else:
+        from aidungeon.bench.speed import speed_bench
+
+        results = speed_bench(args, paths, started_at=started_at)
+        show = print_speed
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        show(results, console)
+    return 0
+
+
+def print_speed(results: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    packed = f", {results['packed_layers']} layers in 4 bits" if results["packed_layers"] else ""
+    console.print(f"{results['model']} on {results['device']} ({results['dtype']}{packed}), {results['machine']}")
+    table = Table(title=f"Per turn, {results['turns']} turns")
+    for column in ("turn", "ttft s", "turn s", "prefill tokens", "cache hit", "decode tok/s"):
+        table.add_column(column, justify="right")
+    for number, record in enumerate(results["per_turn"], start=1):
+        table.add_row(
+            str(number),
+            f"{record['ttft_s']:.3f}",
+            f"{record['turn_s']:.2f}",
+            str(record["prefill_tokens"]),
+            "yes" if record["cache_hit"] else "no",
+            f"{record['decode_tok_s']:.1f}",
+        )
+    console.print(table)
+    lines = [
+        f"median time to first token {results['median_ttft_s']:.3f} s "
+        f"(naive {results['naive_median_ttft_s']:.3f} s, ratio {results['ttft_ratio']:.3f})",
+        f"median turn {results['median_turn_s']:.2f} s (naive {results['naive_median_turn_s']:.2f} s, "
+        f"ratio {results['turn_ratio']:.3f})",
+        f"cache hits {results['cache_hit_ratio']:.0%}, stalled turns {results['stalled_turns']}",
+        f"decode {results['decode_tok_s']:.1f} tok/s, bound {results['decode_bound_tok_s']:.1f} tok/s "
+        f"({results['weight_mb']:.0f} MB of weights at {results['read_bandwidth_gb_s']:.1f} GB/s, the faster of "
+        f"{' and '.join(f'{b:.1f}' for b in results['read_bandwidth_samples_gb_s'])}): "
+        f"{results['decode_fraction_of_bound']:.2f} of the bound",
+        f"the LM head's one-row product reads at {results['head_bandwidth_gb_s']:.1f} GB/s: decode is "
+        f"{results['decode_fraction_of_head_bound']:.2f} of reading every weight at that speed",
+        f"peak RSS {results['peak_rss_mb']:.0f} MB, startup {results['startup_s']:.2f} s",
+    ]
+    for line in lines:
+        console.print(line, markup=False)
+
+
+def print_coherence(results: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    from aidungeon.bench.coherence import METRICS
+
+    table = Table(title=f"Coherence, {results['model']} on {results['device']}: per 100 turns")
+    table.add_column("measure")
+    table.add_column("guard", justify="right")
+    table.add_column("baseline (AI Dungeon 2 rules)", justify="right")
+    for name in (*METRICS, "distinct_2", "mean_logprob", "turns"):
+        guard_value, base_value = results["guard"][name], results["baseline"][name]
+        table.add_row(name, _fmt(guard_value), _fmt(base_value))
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
