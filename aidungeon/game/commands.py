@@ -177,7 +177,7 @@ def _remember(session: Session, arg: str) -> Iterator[Event]:
     """Pin a fact in memory: the model always sees it."""
     if not arg:
         raise StoryError("usage: /remember TEXT")
-    session.edit(lambda story: story.memory.append(arg))
+    session.edit(lambda story: story.remember(arg))
     yield Event(EventKind.INFO, f"Remembered ({len(session.story.memory)} in memory).")
 
 
@@ -212,7 +212,7 @@ def _note(session: Session, arg: str) -> Iterator[Event]:
         yield Event(EventKind.INFO, f"Author's note: {session.story.author_note or '(none)'}")
         return
     note = "" if arg.lower() == "clear" else arg
-    session.edit(lambda story: setattr(story, "author_note", note))
+    session.edit(lambda story: story.set_author_note(note))
     yield Event(EventKind.INFO, "Author's note set." if note else "Author's note cleared.")
 
 

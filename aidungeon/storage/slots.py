@@ -2,8 +2,8 @@
 
 A `SaveStore` names and lists the saves; a `SaveSlot` is one of them. The game opens a slot
 when it starts playing into it, reads and writes whole `SaveData` documents through it, and
-closes it when it leaves; the slot is the one place a save is opened and closed (a lock on the
-file belongs in `FileSlot.open`/`close`). `FileStore`/`FileSlot` implement the port on
+closes it when it leaves; the slot is the one place a save is opened and closed, so a
+`FileSlot` holds the save's lock exactly while a game plays in it. `FileStore`/`FileSlot` implement the port on
 `saves.py`'s files. This module decides nothing about when to save: the game does.
 """
 
@@ -56,6 +56,7 @@ class FileSlot:
     def __init__(self, folder: Path, name: str) -> None:
         self.folder = folder
         self._name = saves.sanitize_name(name)
+        self._lock: saves.SaveLock | None = None
 
     @property
     def name(self) -> str:
@@ -69,10 +70,14 @@ class FileSlot:
         return self.path.exists()
 
     def open(self) -> None:
-        """Nothing to take yet: save locking (saves.py) will be taken here."""
+        """Lock the save for this game; SaveError when another game has it open."""
+        if self._lock is None:
+            self._lock = saves.lock_save(self.folder, self._name)
 
     def close(self) -> None:
-        """Nothing to give back yet: save locking (saves.py) will be released here."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def read(self) -> tuple[saves.SaveData, list[str]]:
         return saves.read_save(self.folder, self._name)

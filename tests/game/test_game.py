@@ -286,6 +286,7 @@ def test_save_then_load_restores_the_exact_story(game: Session) -> None:
     assert only(events, "info").text.startswith("Saved as x")
     assert game.save_name == "x"
     run(game, "open the door")  # autosaved under the new name
+    game.close()  # a save is open in one game at a time
 
     other = make_session(FakeEngine(), save_name="other")
     events = run(other, "/load x")
@@ -302,6 +303,7 @@ def test_load_restores_the_story_saved_by_name(game: Session) -> None:
     play(game, "look around")
     run(game, "/save x")
     snapshot = game.story.to_dict()
+    game.close()
     other = make_session(FakeEngine(), save_name="other")
     run(other, "/load x")
     assert other.story.to_dict() == snapshot

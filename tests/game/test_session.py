@@ -115,6 +115,7 @@ def test_branches_show_the_last_action(game: Session) -> None:
 def test_save_refuses_another_adventures_name_without_force(game: Session) -> None:
     other = make_session(FakeEngine(), story=Story(opening="Another tale."), save_name="beta")
     run(other, "/save")
+    other.close()  # an adventure open in another game is refused outright (tests/storage)
     beta = saves.read_save(default_paths().saves_dir, "beta")[0].story.to_dict()
     for line in ("/save beta", "/save BETA"):
         assert "/save" in one_error(run(game, line)) and "--force" in run(game, line)[0].text
@@ -223,3 +224,18 @@ def test_an_abandoned_turn_is_never_saved_by_the_garbage_collector(game: Session
     del events
     gc.collect()
     assert path.read_bytes() == before
+
+
+# -- one game per save (#11.8) ----------------------------------------------------------------------
+
+
+def test_a_save_open_in_one_game_is_refused_to_another_until_it_closes() -> None:
+    first = make_session(FakeEngine(), save_name="shared")
+    run(first, "look around")
+    with pytest.raises(SaveError, match="open in another game"):
+        make_session(FakeEngine(), save_name="shared")
+    loader = make_session(FakeEngine(), save_name="loader")
+    assert "open in another game" in only(run(loader, "/load shared"), "error").text
+    assert loader.save_name == "loader"
+    first.close()
+    assert only(run(loader, "/load shared"), "info").text == "Loaded shared."
