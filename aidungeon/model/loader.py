@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from aidungeon.core.context import Layout, layout_for
 from aidungeon.core.errors import ModelError, OutOfMemoryError
-from aidungeon.model.provision import SMOLLM2, ProgressFn, WheelSource, convert_gguf, is_converted, no_progress
+from aidungeon.core.progress import ProgressFn, no_progress
+from aidungeon.model.provision import SMOLLM2, WheelSource, convert_gguf, is_converted
 from aidungeon.storage.paths import Paths
 
 if TYPE_CHECKING:

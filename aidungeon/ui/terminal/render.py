@@ -19,9 +19,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from aidungeon.core.cleanup import is_fragment, split_sentences
+from aidungeon.core.progress import ProgressFn
+from aidungeon.core.text import is_fragment, split_sentences
 from aidungeon.game.session import Event, Table
-from aidungeon.model.provision import ProgressFn
 
 
 def split_unfinished(text: str) -> tuple[str, str]:
