@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -83,6 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console = make_console(no_color=args.no_color)
     err_console = make_console(no_color=args.no_color, file=sys.stderr)
+    code = _run_to_exit_code(args, console, err_console)
+    if EarlyLoad.running():
+        _exit_now(code)
+    return code
+
+
+def _run_to_exit_code(args: argparse.Namespace, console: Any, err_console: Any) -> int:
+    """Run, mapping what ends the program early to one line and an exit code."""
     try:
         return _run(args, console)
     except AIDungeonError as err:
@@ -93,6 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except EOFError:  # input ended before the game began (Ctrl-D in the menu, an empty pipe)
         return 0
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once, with `code`, while the model loader thread is still running.
+
+    A normal exit tears the interpreter down under that thread while it is inside torch's C++
+    code, which then aborts the process ("terminate called without an active exception",
+    exit 134). Waiting for the load instead would keep a player who quit waiting for a model
+    they no longer want. Nothing is lost: saves and history are written as they happen, and
+    the loader only reads a model (a GGUF conversion it may be running writes into a staging
+    folder renamed into place only when complete); so output is flushed and the process ends
+    without the teardown.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def _run(args: argparse.Namespace, console: Any) -> int:
@@ -197,6 +223,8 @@ class EarlyLoad:
     menu, the early one is not used.
     """
 
+    THREAD_NAME = "model-load"
+
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.loaded: Any = None
@@ -211,9 +239,15 @@ class EarlyLoad:
         if preset is not None and not is_present(preset, paths):
             return None
         early = cls(_absolute_if_local(spec))
-        early._thread = threading.Thread(target=early._load, args=(config, paths), name="model-load", daemon=True)
+        early._thread = threading.Thread(target=early._load, args=(config, paths), name=cls.THREAD_NAME, daemon=True)
         early._thread.start()
         return early
+
+    @classmethod
+    def running(cls) -> bool:
+        """Whether an early load is still running in this process (it may be left when the
+        player quits from the menu, or picks a save made with another model)."""
+        return any(t.name == cls.THREAD_NAME and t.is_alive() for t in threading.enumerate())
 
     def _load(self, config: Config, paths: Paths) -> None:
         from aidungeon.model.loader import load_model

@@ -12,7 +12,7 @@ A line that is or becomes empty (blank, `!`, `say`) gives an `Action` with empty
 caller treats that as "continue the story" rather than as an error.
 
 This module only rewrites text. It does not parse slash-commands (`commands.py` sees them first),
-touch the story, or know about the model; it imports nothing outside the standard library.
+touch the story, or know about the model; it imports only `core.text`'s quote and sentence rules.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from aidungeon.core.text import QUOTED_RE, SENTENCE_END_BEFORE_RE
 
 MODES = ("do", "say", "story")
 
@@ -57,9 +59,6 @@ _PERSON_RE = re.compile(
     "|".join(rf"(?P<p{i}>\b{pattern}\b)" for i, (pattern, _) in enumerate(_FIRST_TO_SECOND)),
     re.IGNORECASE,
 )
-# Quoted spans are someone's words and keep their person; an unclosed quote runs to the end.
-QUOTED_RE = re.compile(r'"[^"]*"?|“[^”]*”?')
-_SENTENCE_END_BEFORE_RE = re.compile(r"(?:^|[.!?…][\"”'’)]*)\s*$")
 _SAY_RE = re.compile(r"say(?:\s*[:,]\s*|\s+|$)(?P<rest>.*)", re.IGNORECASE | re.DOTALL)
 
 
@@ -139,7 +138,7 @@ def second_person(text: str, *, keep: Sequence[tuple[int, int]] = ()) -> str:
         new = _FIRST_TO_SECOND[index][1]
         if "’" in match.group(0):
             new = new.replace("'", "’")
-        return _upper_first(new) if _SENTENCE_END_BEFORE_RE.search(text[:start]) else new
+        return _upper_first(new) if SENTENCE_END_BEFORE_RE.search(text[:start]) else new
 
     return _PERSON_RE.sub(replace, text)
 

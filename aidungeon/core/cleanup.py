@@ -18,74 +18,21 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
 
-from aidungeon.core.actions import QUOTED_RE, second_person
-
-# -- sentences ---------------------------------------------------------------------------------
-
-# A sentence ends at . ! ? or an ellipsis, optionally closed by quotes/brackets, before whitespace
-# or the end of the text. "3.5" and "e.g." mid-word are not ends because no space follows.
-_END_RE = re.compile(r"[.!?…]+[\"”'’)\]]*(?=\s|$)")
-# Words whose full stop is not a sentence end. "No." and "etc." are left out: in stories they
-# end sentences far more often than they abbreviate.
-_ABBREVIATIONS = frozenset(
-    {"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "prof.", "mt.", "capt.", "sgt.", "lt.", "col.", "gen."}
-    | {"vs.", "e.g.", "i.e.", "approx."}
+from aidungeon.core.actions import second_person
+from aidungeon.core.text import (
+    QUOTED_RE,
+    WORD_RE,
+    Span,
+    sentence_ends,
+    sentence_spans,
+    split_sentences,
 )
 
+# The fragment detector is one of this module's detectors (see above); its rule lives in core.text.
+from aidungeon.core.text import is_fragment as is_fragment
 
-class _Span(NamedTuple):
-    start: int
-    end: int
-
-
-def _sentence_ends(text: str) -> list[int]:
-    """Offsets just after each sentence end (after any closing quotes), abbreviations skipped."""
-    ends = []
-    for match in _END_RE.finditer(text):
-        if match.group(0) == ".":
-            # Abbreviations are short, so a small window keeps this linear on long texts.
-            word = text[max(0, match.start() - 8) : match.end()].split()[-1].lstrip("\"“'‘([").lower()
-            if word in _ABBREVIATIONS:
-                continue
-        ends.append(match.end())
-    return ends
-
-
-def _sentence_spans(text: str) -> list[_Span]:
-    """Sentences as (start, end) offsets, split at sentence ends and at line breaks.
-
-    Line breaks count as boundaries so that a heading or a dialogue line without a full stop
-    does not swallow the paragraph after it. The spans exclude surrounding whitespace.
-    """
-    cuts = sorted({*_sentence_ends(text), *(m.start() for m in re.finditer(r"\n", text)), len(text)})
-    spans = []
-    start = 0
-    for cut in cuts:
-        piece = text[start:cut]
-        if piece.strip():
-            lead = len(piece) - len(piece.lstrip())
-            spans.append(_Span(start + lead, start + len(piece.rstrip())))
-        start = cut
-    return spans
-
-
-def split_sentences(text: str) -> list[str]:
-    """The sentences of `text`, stripped. A trailing incomplete sentence is included as it is."""
-    return [text[span.start : span.end] for span in _sentence_spans(text)]
-
-
-def is_fragment(text: str) -> bool:
-    """True when `text` ends mid-sentence. Empty text is not a fragment: there is nothing to cut.
-
-    A closing quote counts as an end only after terminal punctuation (`"Run!"` ends, `"run"` does not).
-    """
-    text = text.rstrip()
-    if not text:
-        return False
-    ends = _sentence_ends(text)
-    return not ends or ends[-1] != len(text)
+# -- sentences (the rules are in core.text) ---------------------------------------------------
 
 
 def cut_trailing_fragment(text: str) -> str:
@@ -94,7 +41,7 @@ def cut_trailing_fragment(text: str) -> str:
     Returning "" (rather than the fragment) lets the caller regenerate or continue: half a
     sentence shown as a finished turn reads as a bug. An ellipsis counts as an end.
     """
-    ends = _sentence_ends(text.rstrip())
+    ends = sentence_ends(text.rstrip())
     return text[: ends[-1]] if ends else ""
 
 
@@ -213,11 +160,11 @@ def _normalise(sentence: str) -> str:
     return " ".join(sentence.split()).lower().rstrip(".!?…\"”'’)] ")
 
 
-def _repeated_spans(text: str, recent: Sequence[str]) -> list[_Span]:
+def _repeated_spans(text: str, recent: Sequence[str]) -> list[Span]:
     """Spans of `text` whose sentence was already told, in `recent` or earlier in `text`."""
     seen = {_normalise(s) for story_text in recent for s in split_sentences(story_text)}
     repeated = []
-    for span in _sentence_spans(text):
+    for span in sentence_spans(text):
         sentence = text[span.start : span.end]
         if len(sentence.split()) < _SHORT_SENTENCE_WORDS:
             continue  # "Yes." and "He nods." repeat naturally.
@@ -246,7 +193,7 @@ def drop_repeated_sentences(text: str, recent: Sequence[str]) -> str:
     out: list[str] = []
     gap = ""
     position = 0
-    for span in _sentence_spans(text):
+    for span in sentence_spans(text):
         before = text[position : span.start]
         position = span.end
         gap = before if before.count("\n") >= gap.count("\n") else gap
@@ -262,8 +209,8 @@ def similarity(a: str, b: str) -> float:
 
     For loop detection: 1.0 means the same words in the same order. Two empty texts are alike.
     """
-    words_a = re.findall(r"[\w'’]+", a.lower())
-    words_b = re.findall(r"[\w'’]+", b.lower())
+    words_a = WORD_RE.findall(a.lower())
+    words_b = WORD_RE.findall(b.lower())
     return difflib.SequenceMatcher(None, words_a, words_b, autojunk=False).ratio()
 
 
@@ -343,7 +290,7 @@ def narrate_in_second_person(text: str) -> str:
     gives "You are walking towards you.".
     """
     unquoted = QUOTED_RE.sub(lambda quote: " " * len(quote.group(0)), text)
-    addressed = [span for span in _sentence_spans(text) if _SECOND_PERSON_RE.search(unquoted, span.start, span.end)]
+    addressed = [span for span in sentence_spans(text) if _SECOND_PERSON_RE.search(unquoted, span.start, span.end)]
     return second_person(text, keep=addressed)
 
 

@@ -33,15 +33,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aidungeon.core.actions import QUOTED_RE
 from aidungeon.core.cleanup import (
     find_junk,
     find_player_turn,
     find_special_token,
-    is_fragment,
     repeated_sentences,
     similarity,
 )
+from aidungeon.core.text import QUOTED_RE, WORD_RE, is_fragment
 
 # A result more than this similar (cleanup.similarity) to a recent one is a loop. The issue and
 # the coherence benchmark both use 0.9.
@@ -121,12 +120,10 @@ class Scored:
 
 # -- words and n-grams ------------------------------------------------------------------------
 
-# Same notion of a word as cleanup.similarity: lowercased, punctuation ignored.
-_WORD_RE = re.compile(r"[\w'’]+")
-
 
 def _words(text: str) -> list[str]:
-    return _WORD_RE.findall(text.lower())
+    """Same notion of a word as cleanup.similarity: lowercased, punctuation ignored."""
+    return WORD_RE.findall(text.lower())
 
 
 def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from aidungeon.core.context import Layout, layout_for
 from aidungeon.core.errors import ModelError, OutOfMemoryError
-from aidungeon.model.provision import SMOLLM2, ProgressFn, WheelSource, convert_gguf, is_converted, no_progress
+from aidungeon.core.progress import ProgressFn, no_progress
+from aidungeon.model.provision import SMOLLM2, WheelSource, convert_gguf, is_converted
 from aidungeon.storage.paths import Paths
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "smollm2-135m",
-            "SmolLM2-135M-Instruct, 270 MB, the embedded default",
+            "SmolLM2-135M-Instruct, the embedded default: a 93 MB download, 270 MB once converted",
             wheel=SMOLLM2,
             max_window=2048,
             cpu_bf16=True,

@@ -20,20 +20,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aidungeon.core.errors import ModelError
-
-# (message, fraction done or None when unknown); the UI turns these into progress bars.
-ProgressFn = Callable[[str, "float | None"], None]
+from aidungeon.core.progress import ProgressFn, no_progress
 
 MARKER = "aidungeon-model.json"
-
-
-def no_progress(message: str, fraction: float | None) -> None:
-    """The default progress callback: report nothing."""
 
 
 @dataclass(frozen=True)

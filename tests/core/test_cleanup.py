@@ -15,15 +15,14 @@ from aidungeon.core.cleanup import (
     find_junk,
     find_player_turn,
     find_special_token,
-    is_fragment,
     narrate_in_second_person,
     normalize_whitespace,
     pipeline,
     remove_junk,
     repeated_sentences,
     similarity,
-    split_sentences,
 )
+from aidungeon.core.text import is_fragment, split_sentences
 
 PLAYER_TURN_CASES = [
     # GPT-2 fine-tunes on AI Dungeon transcripts write the next "> action" themselves.

@@ -34,6 +34,7 @@ pytestmark = [
 CPR_REQUEST = "\x1b[6n"
 CPR_ANSWER = "\x1b[1;1R"  # the cursor is at the top: the whole screen is free below it
 PROMPT_READY = "\x1b[?2004h"
+LIVE_REDRAW = "\x1b[2K"
 TIMEOUT = 30
 
 SLOW_TOKENS = '''
@@ -183,6 +184,9 @@ def test_a_new_player_plays_stops_and_resumes(trained_model_dir: Path, env: dict
     assert "max_new_tokens = 200" in plain(player.line("/set max_new_tokens 200"))
     player.send("open the door\r")
     player.expect("> You open the door.")
+    # Ctrl-C once the preview is streaming: the live display redraws its line (erase line) only
+    # after it has started and drawn the first pieces.
+    player.expect(LIVE_REDRAW)
     player.send("\x03")
     stopped = plain(player.prompt())
     assert "Stopped." in stopped and "Traceback" not in stopped
@@ -254,3 +258,21 @@ def test_no_color_env_and_the_prompt_keys(trained_model_dir: Path, env: dict[str
     assert colour_codes(player.output) == []
     assert "Traceback" not in player.output
     assert read("keep").story.path()[-1].result == "Nobody answers."
+
+
+@pytest.mark.parametrize("leave", ["\x03", "\x04", "/quit\r"], ids=["ctrl-c", "ctrl-d", "quit"])
+def test_leaving_the_menu_while_the_model_loads_exits_cleanly(
+    leave: str, trained_model_dir: Path, env: dict[str, str]
+) -> None:
+    """The model loads in a thread while the menu is up; leaving at once must not abort the process."""
+    for _attempt in range(3):
+        player = Player(["--model", str(trained_model_dir)], env)
+        player.expect("Pick a setting")
+        player.prompt()
+        player.send(leave)
+        status = player.finish()
+        shown = plain(player.output)
+        assert status in (0, 130), shown[-2000:]
+        assert player.child.signalstatus is None, shown[-2000:]
+        for crash in ("terminate called", "Aborted", "Traceback"):
+            assert crash not in shown, shown[-2000:]

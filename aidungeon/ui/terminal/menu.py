@@ -94,7 +94,7 @@ def _ask_opening(terminal: Terminal) -> str:
 
 def _ask_line(terminal: Terminal, prompt: str) -> str:
     """One free-text answer; a quit command leaves the menu (EOFError, as Ctrl-D)."""
-    answer = terminal.ask(prompt)
+    answer = terminal.ask(prompt, history=False)
     if answer.strip().lower() in QUIT_COMMANDS:
         raise EOFError
     return answer

@@ -6,10 +6,15 @@ When stdin is not a terminal (a pipe, a test), lines are read plainly so the gam
 playable. Ctrl-C during a generation sets the turn's cancel token, which stops it and leaves
 the story as it was; Ctrl-C at the prompt prints a hint; Ctrl-D saves and quits (with exit
 code 1 if the adventure could not be saved). The start menu is in `menu.py`.
+
+Every line read is passed through `core.text.clean_text`, and bytes that are not UTF-8 never
+raise: the player's text always reaches the game as valid, inert Unicode. Only game lines go
+into the history file; the menu's answers do not.
 """
 
 from __future__ import annotations
 
+import io
 import signal
 import sys
 import threading
@@ -38,6 +43,7 @@ from rich.markup import escape
 from aidungeon.core.cancel import CancelToken
 from aidungeon.core.config import Config
 from aidungeon.core.errors import AIDungeonError
+from aidungeon.core.text import clean_text
 from aidungeon.game.commands import REGISTRY
 from aidungeon.game.events import Event, EventKind
 from aidungeon.game.session import Session
@@ -92,63 +98,91 @@ class Terminal:
         self.interactive = interactive
         self.status = ""
         self._session: PromptSession[str] | None = None
+        self._menu_session: PromptSession[str] | None = None
         self._completer: Completer = _CommandCompleter()
         if interactive:
             if history is not None:
                 history.parent.mkdir(parents=True, exist_ok=True)
-            self._session = PromptSession(
-                history=FileHistory(str(history)) if history is not None else None,
-                completer=self._completer,
-                complete_while_typing=False,
-                key_bindings=_bindings(),
-                bottom_toolbar=lambda: self.status,
-                # --no-color reaches prompt_toolkit here; it reads NO_COLOR itself.
-                color_depth=ColorDepth.DEPTH_1_BIT if no_color else None,
-            )
+            self._session = self._prompt_session(FileHistory(str(history)) if history is not None else None, no_color)
+            # The menu's answers ("3", a name, an opening) are not game lines: its prompts keep
+            # their history in memory only, so they never reach the history file.
+            self._menu_session = self._prompt_session(None, no_color)
+        else:
+            _tolerate_undecodable_stdin()
 
-    def ask(self, prompt: str, *, default: str = "", completer: Completer | None = None) -> str:
-        """One line (Alt-Enter for more); EOFError on Ctrl-D or end of input."""
-        if self._session is not None:
+    def _prompt_session(self, history: FileHistory | None, no_color: bool) -> PromptSession[str]:
+        return PromptSession(
+            history=history,
+            completer=self._completer,
+            complete_while_typing=False,
+            key_bindings=_bindings(),
+            # The status names the model and the save, which a player or an import may have named.
+            bottom_toolbar=lambda: clean_text(self.status),
+            # --no-color reaches prompt_toolkit here; it reads NO_COLOR itself.
+            color_depth=ColorDepth.DEPTH_1_BIT if no_color else None,
+        )
+
+    def ask(self, prompt: str, *, default: str = "", completer: Completer | None = None, history: bool = True) -> str:
+        """One line (Alt-Enter for more), cleaned; EOFError on Ctrl-D or end of input.
+
+        `history=False` for a menu's questions: the answer is not kept for the game's Up arrow.
+        """
+        session = self._session if history else self._menu_session
+        if session is not None:
             # prompt() keeps what it is given for later calls, so pass every per-prompt option.
-            return self._session.prompt(
-                prompt, default=default, multiline=False, completer=completer or self._completer
-            )
+            line = session.prompt(prompt, default=default, multiline=False, completer=completer or self._completer)
+            return clean_text(line)
         self.renderer.console.print(prompt, end="", markup=False, highlight=False)
         line = sys.stdin.readline()
         if not line:
             raise EOFError
-        line = line.rstrip("\n")
+        line = clean_text(line.rstrip("\n"))
         if not sys.stdin.isatty():
             # Piped input is not echoed by a terminal: echo it, so the transcript reads as played.
             self.renderer.console.print(line, markup=False, highlight=False)
         return line
 
     def ask_multiline(self, prompt: str) -> str:
-        """Several lines: on a terminal, Esc-Enter (Alt-Enter) finishes; piped, an empty line does."""
-        if self._session is not None:
+        """Several lines (the menu's opening, so no history): on a terminal, Esc-Enter (Alt-Enter)
+        finishes; piped, an empty line does."""
+        if self._menu_session is not None:
             # completer=None would keep the last prompt's completer: an opening completes nothing.
-            return self._session.prompt(prompt, multiline=True, prompt_continuation="  ", completer=DummyCompleter())
+            text = self._menu_session.prompt(
+                prompt, multiline=True, prompt_continuation="  ", completer=DummyCompleter()
+            )
+            return clean_text(text)
         lines = []
         while True:
-            line = self.ask(prompt if not lines else "")
+            line = self.ask(prompt if not lines else "", history=False)
             if not line.strip():
                 return "\n".join(lines)
             lines.append(line)
 
     def choose(self, title: str, options: Sequence[tuple[str, str]]) -> str:
         """A numbered menu; returns the chosen key. Accepts a number or a key; /quit raises EOFError."""
-        self.renderer.console.print(f"\n[bold]{title}[/bold]")
+        self.renderer.console.print(f"\n[bold]{escape(clean_text(title))}[/bold]")
         for number, (_key, label) in enumerate(options, start=1):
-            self.renderer.console.print(f"  {number}. {escape(label)}")
+            self.renderer.console.print(f"  {number}. {escape(clean_text(label))}")
         completer = WordCompleter([key for key, _label in options], ignore_case=True)
         while True:
-            answer = self.ask("> ", completer=completer).strip().lower()
+            answer = self.ask("> ", completer=completer, history=False).strip().lower()
             if answer in QUIT_WORDS:
                 raise EOFError
             for number, (key, _label) in enumerate(options, start=1):
                 if answer in (str(number), key.lower()):
                     return key
             self.renderer.show(Event("error", f"choose 1-{len(options)}, or /quit"))
+
+
+def _tolerate_undecodable_stdin() -> None:
+    """Read piped stdin so that bytes that are not UTF-8 become U+FFFD instead of raising.
+
+    Python decodes stdin strictly; one stray byte in a pipe (`printf 'look \\xff'`) would end
+    the game with a UnicodeDecodeError. Changing only the error handler keeps the encoding and
+    what was already read.
+    """
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="replace")
 
 
 @contextmanager
