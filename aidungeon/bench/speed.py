@@ -80,6 +80,7 @@ class TurnRecord:
 def speed_bench(args: argparse.Namespace, paths: Paths, *, started_at: float | None = None) -> dict[str, Any]:
     """Load the model, play the session normally and naively, and gather the figures.
     `started_at` is when the process started (wall clock), for systems without /proc."""
+    from aidungeon.model import machine
     from aidungeon.model.loader import load_model
 
     spec = _model_spec(args, paths)
@@ -97,20 +98,21 @@ def speed_bench(args: argparse.Namespace, paths: Paths, *, started_at: float | N
     raw = args.random_gpt2 is not None
     # On the project's VM the same read measures ~35 or ~65 GB/s depending on the process's
     # history, so it is taken before and after the sessions, and the bound uses the faster.
-    bandwidths = [read_bandwidth(loaded.device)]
+    bandwidths = [machine.read_bandwidth(loaded.device)]
     # Untimed turns first: kernel selection, allocator growth and GPU clocks settle in them.
     play_session(loaded, config, WARMUP_TURNS, reuse_cache=True, raw=raw)
     normal = play_session(loaded, config, turns, reuse_cache=True, raw=raw)
     naive = play_session(loaded, config, turns, reuse_cache=False, raw=raw)
-    bandwidths.append(read_bandwidth(loaded.device))
-    weight_bytes = decode_weight_bytes(loaded.model)
+    bandwidths.append(machine.read_bandwidth(loaded.device))
+    weight_bytes = machine.decode_weight_bytes(loaded.model)
     return summarize(
         loaded,
         normal,
         naive,
         weight_bytes=weight_bytes,
         bandwidths=bandwidths,
-        head_bandwidth=head_bandwidth(loaded.model),
+        head_bandwidth=machine.head_bandwidth(loaded.model),
+        machine=machine.machine_description(loaded.device),
         startup_s=startup_s,
     )
 
@@ -172,65 +174,6 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
     return records
 
 
-def decode_weight_bytes(model: Any) -> int:
-    """Bytes of weights one decode step reads: every parameter and every 4-bit layer's packed
-    codes, except that an input embedding table not doubling as the LM head is only looked up
-    (one row), not read whole."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(m.decode_bytes() for m in model.modules() if hasattr(m, "decode_bytes"))
-    table = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    if getattr(head, "weight", None) is not table:
-        total -= table.numel() * table.element_size()
-    return total
-
-
-def read_bandwidth(device: str, size_mb: int = 256, repeats: int = 5) -> float:
-    """Memory read bandwidth in bytes/s: the best of a few full reads of a large tensor."""
-    import torch
-
-    data = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32, device=device)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        data.sum()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return data.numel() * 4 / best
-
-
-def head_bandwidth(model: Any, repeats: int = 5) -> float:
-    """Bytes/s at which the LM head, in the layout decoding uses, reads its weights for one row.
-
-    The head is the model's largest layer and larger than any CPU cache, so this is what the
-    one-row product itself reaches here: the ceiling the read bandwidth above cannot show."""
-    import torch
-
-    head = model.get_output_embeddings()
-    parameter = next(model.parameters())
-    weight = getattr(head, "weight", None)
-    size = head.decode_bytes() if weight is None else weight.numel() * weight.element_size()
-    row = torch.zeros(1, 1, head.in_features, dtype=parameter.dtype, device=parameter.device)
-    best = float("inf")
-    with torch.inference_mode():
-        head(row)
-        for _ in range(repeats):
-            _sync(parameter.device.type)
-            start = time.perf_counter()
-            head(row)
-            _sync(parameter.device.type)
-            best = min(best, time.perf_counter() - start)
-    return size / best
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def summarize(
     loaded: Any,
     normal: list[TurnRecord],
@@ -239,6 +182,7 @@ def summarize(
     weight_bytes: int,
     bandwidths: list[float],
     head_bandwidth: float,
+    machine: str,
     startup_s: float,
 ) -> dict[str, Any]:
     def median(records: list[TurnRecord], field: str) -> float:
@@ -252,7 +196,7 @@ def summarize(
         "device": loaded.device,
         "dtype": loaded.dtype,
         "packed_layers": loaded.packed_layers,
-        "machine": machine_description(loaded.device),
+        "machine": machine,
         "turns": len(normal),
         "median_ttft_s": median(normal, "ttft_s"),
         "median_turn_s": median(normal, "turn_s"),
@@ -295,15 +239,3 @@ def process_start_time() -> float | None:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
-
-
-def machine_description(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    import platform
-
-    import torch
-
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads"

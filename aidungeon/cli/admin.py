@@ -6,15 +6,13 @@ Problems are raised as AIDungeonError for the CLI to show as one line.
 
 from __future__ import annotations
 
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from aidungeon import __version__
 from aidungeon.core.errors import SaveError
+from aidungeon.game.events import Table
 from aidungeon.storage import saves
 from aidungeon.storage.paths import Paths, write_new_file
 
@@ -22,58 +20,33 @@ from aidungeon.storage.paths import Paths, write_new_file
 def show_models(paths: Paths, console: Any) -> int:
     """`aidungeon models`: the presets and whether each is on this machine."""
     from aidungeon.model.loader import PRESETS, is_present
+    from aidungeon.ui.terminal.render import print_table
 
-    table = Table(title="Models")
-    for column in ("preset", "present", "about"):
-        table.add_column(column)
-    for preset in PRESETS.values():
-        table.add_row(preset.name, "yes" if is_present(preset, paths) else "no", preset.description)
-    console.print(table)
-    console.print(
-        "Any local model folder, .gguf file or cached Hugging Face id works too: aidungeon --model SPEC",
-        markup=False,
+    rows = tuple(
+        (preset.name, "yes" if is_present(preset, paths) else "no", preset.description) for preset in PRESETS.values()
     )
+    footer = "Any local model folder, .gguf file or cached Hugging Face id works too: aidungeon --model SPEC"
+    print_table(console, Table("Models", ("preset", "present", "about"), rows, footer))
     return 0
 
 
 def doctor(paths: Paths, console: Any) -> int:
     """`aidungeon doctor`: what the game sees of this machine, for bug reports."""
-    import torch
-    import transformers
+    from aidungeon.model.loader import PRESETS, is_present
+    from aidungeon.model.machine import runtime_rows
+    from aidungeon.ui.terminal.render import print_table
 
-    from aidungeon.model.cpu.packing import int4_supported, onednn_supported
-    from aidungeon.model.loader import PRESETS, available_bytes, choose_device, is_present
-
-    device = choose_device("auto")
-    free = available_bytes(device)
     rows = [
         ("aidungeon", __version__),
-        ("python", f"{platform.python_version()} ({sys.executable})"),
-        ("torch", torch.__version__),
-        ("transformers", transformers.__version__),
-        ("device", device + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")),
-        ("free memory", f"{free / 2**30:.1f} GiB" if free is not None else "unknown"),
-        ("cpu threads", str(torch.get_num_threads())),
-        ("weight layouts", _layouts(int4_supported(), onednn_supported())),
+        *runtime_rows(),
         ("models present", ", ".join(p.name for p in PRESETS.values() if is_present(p, paths)) or "none yet"),
         ("config", str(paths.config_file)),
         ("saves", str(paths.saves_dir)),
         ("stories", str(paths.stories_dir)),
         ("model cache", str(paths.models_dir)),
     ]
-    table = Table(title="aidungeon doctor", show_header=False)
-    table.add_column("what", no_wrap=True)
-    table.add_column("value", overflow="fold")  # paths whole, never cut with an ellipsis
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(console, Table("aidungeon doctor", ("what", "value"), tuple(rows)))
     return 0
-
-
-def _layouts(int4: bool, onednn: bool) -> str:
-    """Which of packing.py's faster CPU layouts this torch offers."""
-    found = [name for name, present in (("4-bit groups", int4), ("oneDNN prepacked", onednn)) if present]
-    return ", ".join(found) or "none (plain torch layers)"
 
 
 def manage_saves(paths: Paths, console: Any, action: str, name: str | None, *, yes: bool) -> int:
@@ -92,13 +65,12 @@ def manage_saves(paths: Paths, console: Any, action: str, name: str | None, *, y
     if not infos:
         console.print("No saved adventures yet.")
         return 0
-    table = Table(title="Saves")
-    for column in ("name", "last played", "turns", "model", "title"):
-        # Never cut short with an ellipsis: the player types the name back to load it.
-        table.add_column(column, overflow="fold", no_wrap=column == "name")
-    for info in infos:
-        table.add_row(info.name, info.saved_at.strftime("%Y-%m-%d %H:%M"), str(info.turns), info.model, info.title)
-    console.print(table)
+    from aidungeon.ui.terminal.render import print_table
+
+    rows = tuple(
+        (info.name, info.saved_at.strftime("%Y-%m-%d %H:%M"), str(info.turns), info.model, info.title) for info in infos
+    )
+    print_table(console, Table("Saves", ("name", "last played", "turns", "model", "title"), rows))
     return 0
 
 

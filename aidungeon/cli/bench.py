@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from aidungeon.game.events import Table
 from aidungeon.storage.paths import Paths
 
 
@@ -33,15 +34,12 @@ def run_bench(args: argparse.Namespace, paths: Paths, console: Any, *, started_a
 
 
 def print_speed(results: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
+    from aidungeon.ui.terminal.render import print_table
 
     packed = f", {results['packed_layers']} layers in 4 bits" if results["packed_layers"] else ""
     console.print(f"{results['model']} on {results['device']} ({results['dtype']}{packed}), {results['machine']}")
-    table = Table(title=f"Per turn, {results['turns']} turns")
-    for column in ("turn", "ttft s", "turn s", "prefill tokens", "cache hit", "decode tok/s"):
-        table.add_column(column, justify="right")
-    for number, record in enumerate(results["per_turn"], start=1):
-        table.add_row(
+    rows = tuple(
+        (
             str(number),
             f"{record['ttft_s']:.3f}",
             f"{record['turn_s']:.2f}",
@@ -49,7 +47,10 @@ def print_speed(results: dict[str, Any], console: Any) -> None:
             "yes" if record["cache_hit"] else "no",
             f"{record['decode_tok_s']:.1f}",
         )
-    console.print(table)
+        for number, record in enumerate(results["per_turn"], start=1)
+    )
+    columns = ("turn", "ttft s", "turn s", "prefill tokens", "cache hit", "decode tok/s")
+    print_table(console, Table(f"Per turn, {results['turns']} turns", columns, rows))
     lines = [
         f"median time to first token {results['median_ttft_s']:.3f} s "
         f"(naive {results['naive_median_ttft_s']:.3f} s, ratio {results['ttft_ratio']:.3f})",
@@ -69,18 +70,13 @@ def print_speed(results: dict[str, Any], console: Any) -> None:
 
 
 def print_coherence(results: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
     from aidungeon.bench.coherence import METRICS
+    from aidungeon.ui.terminal.render import print_table
 
-    table = Table(title=f"Coherence, {results['model']} on {results['device']}: per 100 turns")
-    table.add_column("measure")
-    table.add_column("guard", justify="right")
-    table.add_column("baseline (AI Dungeon 2 rules)", justify="right")
-    for name in (*METRICS, "distinct_2", "mean_logprob", "turns"):
-        guard_value, base_value = results["guard"][name], results["baseline"][name]
-        table.add_row(name, _fmt(guard_value), _fmt(base_value))
-    console.print(table)
+    names = (*METRICS, "distinct_2", "mean_logprob", "turns")
+    rows = tuple((name, _fmt(results["guard"][name]), _fmt(results["baseline"][name])) for name in names)
+    title = f"Coherence, {results['model']} on {results['device']}: per 100 turns"
+    print_table(console, Table(title, ("measure", "guard", "baseline (AI Dungeon 2 rules)"), rows))
 
 
 def _fmt(value: Any) -> str:

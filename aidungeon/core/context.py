@@ -195,8 +195,8 @@ def _lore_position(kept: Sequence[Part], depth: int) -> int:
     split = max(len(kept) - depth, 0)
     for index in [*range(split, -1, -1), *range(split + 1, len(kept))]:
         if index == len(kept) or kept[index].opens:
-            return index
-    return split
+            return int(index)
+    return int(split)
 
 
 def choose_start(sizes: Sequence[int], *, room: int, chunk: int, hint: int) -> int:

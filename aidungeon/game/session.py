@@ -19,12 +19,10 @@ from aidungeon.core.context import Context
 from aidungeon.core.errors import AIDungeonError, SaveError, StoryError
 from aidungeon.core.story import Story
 from aidungeon.core.text import clean_text
-from aidungeon.game.events import Event, EventKind, Table, recap
-from aidungeon.game.persist import SlotKeeper, settings_from_save
+from aidungeon.game.events import Event, EventKind
+from aidungeon.game.persist import SlotKeeper
 from aidungeon.game.turn import MIN_BUDGET, Turn, TurnPipeline
 from aidungeon.storage.saves import SaveData
-
-__all__ = ["MAX_LINE_CHARS", "Dispatch", "Event", "EventKind", "Session", "Table", "recap", "settings_from_save"]
 
 # The longest line (and so memory entry, note, world entry or altered result) a player may enter.
 MAX_LINE_CHARS = 10_000

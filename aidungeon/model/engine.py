@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
@@ -174,7 +174,7 @@ class Engine:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
 
     @property
     def device_type(self) -> str:
@@ -297,7 +297,8 @@ class Engine:
         length = int(cache.get_seq_length())
         if length:
             for index, layer in enumerate(cache.layers):
-                grown.update(layer.keys[:, :, :length], layer.values[:, :, :length], index)
+                keys, values = getattr(layer, "keys"), getattr(layer, "values")  # noqa: B009 (attention layers only)
+                grown.update(keys[:, :, :length], values[:, :, :length], index)
         return grown
 
     def _reuse(self, prompt_ids: list[int]) -> int:
@@ -391,7 +392,7 @@ class Engine:
         sampling = job.sampling
         with torch.inference_mode():
             raw = torch.log_softmax(logits, dim=-1)
-            scores = processors(history[:, :length], logits.clone())
+            scores = processors(cast(torch.LongTensor, history[:, :length]), cast(torch.FloatTensor, logits.clone()))
             tokens = sample_next(
                 scores,
                 greedy=sampling.temperature == 0,

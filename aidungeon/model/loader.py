@@ -282,7 +282,7 @@ def load_model(
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"could not load {name} from {folder}: {err}") from None
     packed = repack_4bit(model, torch.bfloat16) if repack else 0
-    model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    model.to(device=device, dtype=getattr(torch, dtype)).eval()  # type: ignore[call-arg]  # wrapped .to(), see provision
     decoder = None
     if pack and device == "cpu":
         prepacked = prepack_dense(model)  # after the cast: a packed layout is made for one dtype

@@ -138,7 +138,7 @@ def convert_gguf(gguf: Path, target: Path, *, progress: ProgressFn = no_progress
 
     # Dequantized Q4 weights keep more of their precision in fp16 than in bf16, at the same size
     # (half of fp32); the loader casts to whatever dtype the device wants.
-    model = model.to(torch.float16)
+    model = model.to(torch.float16)  # type: ignore[arg-type]  # transformers types its wrapped .to() as unbound
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:

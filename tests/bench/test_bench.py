@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from aidungeon.bench.coherence import METRICS, run_coherence
-from aidungeon.bench.speed import head_bandwidth, speed_bench
+from aidungeon.bench.speed import speed_bench
 from aidungeon.cli.main import build_parser
+from aidungeon.model.machine import head_bandwidth
 from aidungeon.storage.paths import default_paths
 
 SPEED_KEYS = {
@@ -89,8 +90,8 @@ def test_the_benchmarks_do_not_import_the_cli() -> None:
 def test_decode_reads_the_head_once_whether_tied_or_prepacked() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from aidungeon.bench.speed import decode_weight_bytes
     from aidungeon.model.cpu.packing import onednn_supported, prepack_dense
+    from aidungeon.model.machine import decode_weight_bytes
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
     every = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -18,8 +18,9 @@ from support.sessions import OPENING, kinds, make_session, only, run, saved_stor
 
 from aidungeon.core.cancel import CancelToken
 from aidungeon.game import turn as turn_module
+from aidungeon.game.events import Event
 from aidungeon.game.ids import PromptIds
-from aidungeon.game.session import Event, Session
+from aidungeon.game.session import Session
 from aidungeon.storage import saves
 from aidungeon.storage.paths import Paths, default_paths
 from aidungeon.storage.prompts import custom_story

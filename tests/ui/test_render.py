@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 
 from aidungeon.core.progress import ProgressFn
-from aidungeon.game.session import Event, Table
+from aidungeon.game.events import Event, Table
 from aidungeon.ui.terminal.render import Renderer, join_continuation, progress_bar, split_unfinished
 
 

@@ -90,7 +90,8 @@ def _list(value: Any, what: str) -> list[Any]:
         return []
     if not isinstance(value, list):
         raise SaveError(f"{what} should be a list, but it is {type(value).__name__}")
-    return _bounded(value, what)
+    bounded: list[Any] = _bounded(value, what)
+    return bounded
 
 
 def _bounded(items: Any, what: str) -> Any:

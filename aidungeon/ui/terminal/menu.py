@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from aidungeon import __version__
 from aidungeon.core.errors import SaveError
 from aidungeon.core.story import Story
-from aidungeon.game.session import Event
+from aidungeon.game.events import Event, EventKind
 from aidungeon.storage import prompts, saves
 from aidungeon.storage.paths import Paths
 from aidungeon.ui.terminal.repl import QUIT_COMMANDS, Terminal
@@ -35,7 +35,7 @@ def choose_start(args: argparse.Namespace, paths: Paths, terminal: Terminal) -> 
         return StartChoice(prompts.custom_story(args.prompt))
     settings, warnings = prompts.load_settings(paths.stories_dir)
     for warning in warnings:
-        terminal.renderer.show(Event("info", warning))
+        terminal.renderer.show(Event(EventKind.INFO, warning))
     if args.setting:
         setting = prompts.find_setting(settings, args.setting)
         return StartChoice(_from_setting(setting, args.character, args.name, terminal))
@@ -54,7 +54,7 @@ def load_start(paths: Paths, name: str) -> StartChoice:
 def _menu(settings: list[prompts.Setting], paths: Paths, terminal: Terminal) -> StartChoice:
     terminal.renderer.console.print(f"[bold]aidungeon {__version__}[/bold]: an AI text adventure. Anything goes.")
     hint = "Type a number or a name (/quit leaves). Inside the game, /help lists the commands."
-    terminal.renderer.show(Event("info", hint))
+    terminal.renderer.show(Event(EventKind.INFO, hint))
     options = [(s.id, f"{s.title} - {s.description}") for s in settings]
     options.append(("custom", "Custom - write your own opening"))
     if saves.list_saves(paths.saves_dir):
@@ -82,14 +82,14 @@ def _from_setting(setting: prompts.Setting, character: str | None, name: str | N
 
 def _ask_opening(terminal: Terminal) -> str:
     hint = "Alt-Enter (or Esc, Enter) to finish" if terminal.interactive else "an empty line to finish"
-    terminal.renderer.show(Event("info", f"Write the opening of your story ({hint}):"))
+    terminal.renderer.show(Event(EventKind.INFO, f"Write the opening of your story ({hint}):"))
     while True:
         opening = terminal.ask_multiline("> ").strip()
         if opening.lower() in QUIT_COMMANDS:
             raise EOFError
         if opening:
             return opening
-        terminal.renderer.show(Event("error", "the opening cannot be empty"))
+        terminal.renderer.show(Event(EventKind.ERROR, "the opening cannot be empty"))
 
 
 def _ask_line(terminal: Terminal, prompt: str) -> str:

@@ -29,7 +29,7 @@ from rich.text import Text
 
 from aidungeon.core.progress import ProgressFn
 from aidungeon.core.text import clean_text, is_fragment, split_sentences
-from aidungeon.game.session import Event, Table
+from aidungeon.game.events import Event, EventKind, Table
 
 
 def split_unfinished(text: str) -> tuple[str, str]:
@@ -117,20 +117,20 @@ class Renderer:
     def _piece(self, event: Event) -> None:
         if not self.interactive:
             return
-        if self._live is None:
-            self._start_live()
+        live = self._live or self._start_live()
         self._streamed += event.text
         # Cleaned as a whole: an escape sequence may be split across two pieces.
-        self._live.update(Text(clean_text(join_continuation(self._held, self._streamed))))
+        live.update(Text(clean_text(join_continuation(self._held, self._streamed))))
 
-    def _start_live(self) -> None:
+    def _start_live(self) -> Live:
         """Start the live preview. Ctrl-C is held while rich starts it: an interrupt half-way
         would leave the console with a live display but no render hook, and stopping it would
         then fail. The preview is recorded before it starts, so whatever ends a start early
         leaves it for `stop_stream`."""
         with _interrupt_deferred():
-            self._live = Live(Text(), console=self.console, refresh_per_second=20, transient=True)
-            self._live.start()
+            live = self._live = Live(Text(), console=self.console, refresh_per_second=20, transient=True)
+            live.start()
+        return live
 
     def _restart(self, event: Event) -> None:
         """The turn is drawn again: drop what was streamed so far."""
@@ -139,7 +139,7 @@ class Renderer:
     def _result(self, event: Event) -> None:
         self.stop_stream()
         if event.data == "retry":
-            self._info(Event("info", "(another take)"))
+            self._info(Event(EventKind.INFO, "(another take)"))
         self._story(event)
 
     def _info(self, event: Event) -> None:
@@ -156,15 +156,20 @@ class Renderer:
         self._info(event)
 
     def _table(self, event: Event) -> None:
-        table: Table = event.data
-        rich_table = RichTable(title=Text(clean_text(table.title)))
-        for column in table.columns:
-            rich_table.add_column(Text(clean_text(column)), overflow="fold")
-        for row in table.rows:
-            rich_table.add_row(*(Text(clean_text(cell)) for cell in row))
-        self.console.print(rich_table)
-        if table.footer:
-            self._info(Event("info", table.footer))
+        if isinstance(event.data, Table):
+            print_table(self.console, event.data)
+
+
+def print_table(console: Console, table: Table) -> None:
+    """A table of the game's or the command line's (saves, settings, doctor), cleaned like all text."""
+    rich_table = RichTable(title=Text(clean_text(table.title)))
+    for column in table.columns:
+        rich_table.add_column(Text(clean_text(column)), overflow="fold")  # paths whole, never cut
+    for row in table.rows:
+        rich_table.add_row(*(Text(clean_text(cell)) for cell in row))
+    console.print(rich_table)
+    if table.footer:
+        console.print(Text(clean_text(table.footer), style=STYLES["info"]))
 
 
 @contextmanager

@@ -151,7 +151,7 @@ class Terminal:
                 prompt, multiline=True, prompt_continuation="  ", completer=DummyCompleter()
             )
             return clean_text(text)
-        lines = []
+        lines: list[str] = []
         while True:
             line = self.ask(prompt if not lines else "", history=False)
             if not line.strip():
@@ -171,7 +171,7 @@ class Terminal:
             for number, (key, _label) in enumerate(options, start=1):
                 if answer in (str(number), key.lower()):
                     return key
-            self.renderer.show(Event("error", f"choose 1-{len(options)}, or /quit"))
+            self.renderer.show(Event(EventKind.ERROR, f"choose 1-{len(options)}, or /quit"))
 
 
 def _tolerate_undecodable_stdin() -> None:
