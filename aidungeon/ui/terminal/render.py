@@ -163,8 +163,10 @@ class Renderer:
 def print_table(console: Console, table: Table) -> None:
     """A table of the game's or the command line's (saves, settings, doctor), cleaned like all text."""
     rich_table = RichTable(title=Text(clean_text(table.title)))
-    for column in table.columns:
-        rich_table.add_column(Text(clean_text(column)), overflow="fold")  # paths whole, never cut
+    for index, column in enumerate(table.columns):
+        # Never cut short with an ellipsis: the first column is what players type back (a save's
+        # name, a setting), the others fold so paths stay whole.
+        rich_table.add_column(Text(clean_text(column)), overflow="fold", no_wrap=index == 0)
     for row in table.rows:
         rich_table.add_row(*(Text(clean_text(cell)) for cell in row))
     console.print(rich_table)
