@@ -15,7 +15,7 @@ import torch
 
 from aidungeon.bench.coherence import METRICS, run_coherence
 from aidungeon.bench.speed import speed_bench
-from aidungeon.cli.main import build_parser
+from aidungeon.cli.app import build_parser
 from aidungeon.model.machine import head_bandwidth
 from aidungeon.storage.paths import default_paths
 
