@@ -19,6 +19,8 @@ from aidungeon.core.text import clean_text
         ("\x1b[31mred\x1b[0m", "red"),
         ("c1 \x9b2J csi", "c1  csi"),
         ("lone \x1b escape", "lone  escape"),
+        ("\x1b]0;unterminated title and the story goes on", "0;unterminated title and the story goes on"),
+        ("\x1bPdcs string\x1b\\after", "after"),
         ("ünïcödé “quotes” …", "ünïcödé “quotes” …"),
     ],
 )
