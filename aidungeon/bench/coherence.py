@@ -120,8 +120,8 @@ def run_coherence(
 ) -> dict[str, Any]:
     """Play the scripted adventures in both modes; returns the report. `progress` hears of each
     adventure played."""
-    from aidungeon.core.config import load_config
     from aidungeon.model.loader import load_model
+    from aidungeon.storage.config_file import load_config
 
     script = load_script(Path(args.script) if args.script else SCRIPT)
     spec = args.model or load_config(paths.config_file).app.model

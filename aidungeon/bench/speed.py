@@ -119,7 +119,7 @@ def speed_bench(args: argparse.Namespace, paths: Paths, *, started_at: float | N
 
 def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
     if args.random_gpt2 is None:
-        from aidungeon.core.config import load_config
+        from aidungeon.storage.config_file import load_config
 
         return args.model or load_config(paths.config_file).app.model
     from aidungeon.model.tiny import adventure_corpus, build_model_dir

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aidungeon import __version__
-from aidungeon.core.config import DEVICES, DTYPES, Config, load_config
+from aidungeon.core.config import DEVICES, DTYPES, Config
 from aidungeon.core.errors import AIDungeonError, ConfigError
+from aidungeon.storage.config_file import load_config
 from aidungeon.storage.paths import Paths, default_paths
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Settings: frozen, validated dataclasses, loaded from and saved to one TOML file.
+"""Settings: frozen, validated dataclasses (the TOML file they live in is read by storage).
 
 `Sampling` shapes each generation, `ContextSettings` shapes what the model sees, `AppSettings`
 picks the model and the hardware. `Config` bundles the three. Nothing here is read at import
@@ -9,9 +9,7 @@ time and there is no global settings object: callers load a `Config` and pass it
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from aidungeon.core.errors import ConfigError
@@ -187,17 +185,3 @@ class Config:
                     raise ConfigError(f"{key!r} does not belong in [{section}]")
                 config = config.with_value(key, value)
         return config
-
-
-def load_config(path: Path) -> Config:
-    """The config saved at `path`, or the defaults when there is none yet."""
-    if not path.exists():
-        return Config()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is not valid TOML ({err}); fix or delete it") from None
-    try:
-        return Config.from_dict(data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
