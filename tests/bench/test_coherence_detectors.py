@@ -1,0 +1,148 @@
+"""The bench's own detectors on hand-written turns: each finds its glitch and leaves clean prose alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from aidungeon.bench.detectors import (
+    Shown,
+    detect,
+    empty,
+    evaluate,
+    first_person,
+    fragment,
+    identity_drift,
+    ignored_action,
+    junk,
+    loop,
+    player_marker,
+    plays_player,
+    repeat_recent,
+    repetition,
+    validated,
+)
+
+
+def shown(text: str, action: str = "You look around.", *, recent: tuple[str, ...] = (), name: str = "Bob") -> Shown:
+    return Shown(action=action, text=text, recent=recent, player_name=name)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I stood there for a moment, unsure.", True),
+        ("It looks like we're on the right track.", True),
+        ("The path winds on. Our camp is far behind.", True),
+        ('The old man smiles. "I know what you seek."', False),
+        ("You stand in a cold hall. The US flag hangs there.", False),
+        ("You walk on. The wind howls through the trees.", False),
+    ],
+)
+def test_first_person(text: str, expected: bool) -> None:
+    assert first_person(shown(text)) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "action", "expected"),
+    [
+        ("You say what a beast.", "You look around.", True),
+        ('"Howdy, fellow," you said with a grin.', "You look around.", True),
+        ("You told her everything about the map.", "You look around.", True),
+        ("Bob asks the guard where the king is.", "You look around.", True),
+        ('You ask, "Is anyone here?" Silence answers.', 'You say "Is anyone here?"', False),
+        ("You see a door. A voice says hello.", "You look around.", False),
+        ('The guard says, "Move along."', "You look around.", False),
+    ],
+)
+def test_plays_player(text: str, action: str, expected: bool) -> None:
+    assert plays_player(shown(text, action)) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "action", "expected"),
+    [
+        ("I'm glad to share some tales with you.", "You eat the moon.", True),
+        ("You see a dusty room with a broken chair.", "You look around.", False),
+        ("You unsheathe your blade and wait.", "You draw your weapon.", False),
+        ("The door creaks as it swings wide.", "You open the nearest door.", False),
+        ("The guard laughs at the sky.", "You open the nearest door.", True),
+        ("The wind howls.", "", False),
+    ],
+)
+def test_ignored_action(text: str, action: str, expected: bool) -> None:
+    assert ignored_action(shown(text, action)) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("You are Zorbithrax Ironfist, lord of the north.", True),
+        ("Your name is Tam, and you serve the king.", True),
+        ("You are Bob, a knight of Aldmere.", False),
+        ("You are alone in the dark.", False),
+        ('"You are Tam," she says.', False),
+    ],
+)
+def test_identity_drift(text: str, expected: bool) -> None:
+    assert identity_drift(shown(text)) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("You walk in, or perhaps something else entirely!", False),
+        ("You wait.\nor perhaps something else entirely!", True),
+        ("You look for a clue. To find out what would be most fitting.", True),
+        ("You open the door and\nThe room is dark.", True),
+        ("You open the door. The room is dark.", False),
+        ('The guard shouts, "Halt!" You stop.', False),
+    ],
+)
+def test_fragment(text: str, expected: bool) -> None:
+    assert fragment(shown(text)) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Now it may happen. Now it can indeed happen.", True),
+        ("You see the old tower on the hill. Far off, you see the old tower on the hill again.", True),
+        ("You walk into the hall. A fire burns in the grate.", False),
+    ],
+)
+def test_repetition(text: str, expected: bool) -> None:
+    assert repetition(shown(text)) is expected
+
+
+def test_the_earlier_checks() -> None:
+    old = "You walk down the long corridor and find a locked iron door at its end."
+    assert player_marker(shown("You wait.\n> open the door"))
+    assert not player_marker(shown("You wait. The clock reads 3 > 2."))
+    assert junk(shown("You read on. Visit https://example.com for more."))
+    assert junk(shown("You wait.<|im_end|>"))
+    assert not junk(shown("You wait by the fire."))
+    assert loop(shown("You walk down the long corridor and find a locked iron door at the end.", recent=(old,)))
+    assert not loop(shown("A rat scurries past your feet.", recent=(old,)))
+    assert repeat_recent(
+        shown("A rat runs. You walk down the long corridor and find a locked iron door at its end.", recent=(old,))
+    )
+    assert not repeat_recent(shown("A rat runs past.", recent=(old,)))
+    assert empty(shown("")) and not empty(shown("You wait."))
+
+
+def test_a_clean_turn_has_no_verdict() -> None:
+    turn = shown("You see a narrow corridor lit by torches. At its end, a wooden door stands ajar.")
+    assert not any(detect(turn).values())
+
+
+def test_evaluate_counts_precision_and_recall_and_skips_unlabelled() -> None:
+    records = [
+        {"action": "You look around.", "text": "I see a door.", "labels": {"first_person": True}},
+        {"action": "You look around.", "text": "You see a door.", "labels": {"first_person": True}},
+        {"action": "You look around.", "text": "We see a door.", "labels": {"first_person": False}},
+        {"action": "You look around.", "text": "My door.", "labels": {"first_person": None}},
+    ]
+    score = evaluate(records)["first_person"]
+    assert (score.true_pos, score.false_pos, score.false_neg, score.labelled) == (1, 1, 1, 2)
+    assert score.precision == 0.5 and score.recall == 0.5
+    assert not score.validated and "first_person" not in validated(evaluate(records))
