@@ -153,7 +153,7 @@ _SYNONYMS: tuple[frozenset[str], ...] = tuple(
     _word_set(group)
     for group in (
         "look see gaze glance notice spot observe survey scan around view watch peer examine inspect study",
-        "walk step move go head stride advance forward proceed approach come",
+        "walk step move go head stride advance forward proceed approach come follow",
         "draw weapon sword blade dagger gun pistol knife cutlass rifle axe unsheathe",
         "anyone someone somebody anybody voice reply answer respond silence nobody",
         "search look find rummage examine inspect check",
@@ -199,7 +199,8 @@ _SUFFIXES = ("ing", "ed", "es", "s", "ly")
 
 
 def _lemma(word: str) -> str:
-    """A crude stem: common suffixes off, a doubled final consonant undone ("stepped" -> "step")."""
+    """A crude stem: common suffixes off, a doubled final consonant undone ("stepped" -> "step"),
+    a final "e" off ("dance" and "dancing" -> "danc")."""
     word = word.lower().strip("'")
     for suffix in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
@@ -207,7 +208,7 @@ def _lemma(word: str) -> str:
             if len(word) >= 3 and word[-1] == word[-2] and word[-1] not in "lsz":
                 word = word[:-1]
             break
-    return word
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
 
 
 def _family(lemma: str) -> set[str]:
@@ -223,15 +224,26 @@ def content_lemmas(text: str) -> set[str]:
     return {_lemma(w) for w in _words(text) if w not in _STOPWORDS and len(w) > 2}
 
 
-def ignored_action(turn: Shown) -> bool:
-    """The result shares no content word (by crude lemma, or a synonym's) with the action.
+# Actions any next event answers: whatever the result describes is what you see, or what
+# happens while you wait.
+_OPEN_ACTIONS = frozenset({"look", "around", "wait"})
+# Someone answering: quoted speech, a speech word, or a character talking in the first person.
+_REPLY_RE = re.compile(rf'["“]|\b(?:{_SPEECH}|speak|speaks|spoke|words?|voice|silence)\b|\bI\b|\b(?:we|my|me)\b', re.I)
 
-    A continuation (no action) cannot ignore one. Defence: a result that answers "open the
-    door" almost always names the door, the opening or a word for it; one that names none of
-    them is about something else. The synonym families widen "look" to "see", "survey", ...
+
+def ignored_action(turn: Shown) -> bool:
+    """The result does not answer the action.
+
+    Defence: a result that answers "open the door" almost always names the door, the opening or
+    a word for it; one that names none of them is about something else. So the result must share
+    a content word with the action (by crude lemma, or a synonym's: "look" finds "see",
+    "survey", ...). Two kinds of action are answered otherwise: "look around" and "wait" by
+    whatever happens next, and speech by any reply. A continuation (no action) ignores nothing.
     """
     wanted = content_lemmas(turn.action)
-    if not turn.action or not wanted:
+    if not turn.action or not wanted or wanted <= _OPEN_ACTIONS:
+        return False
+    if _spoken(turn.action) and _REPLY_RE.search(turn.text):
         return False
     got = content_lemmas(turn.text)
     return not any(_family(lemma) & got for lemma in wanted)
@@ -271,10 +283,15 @@ def fragment(turn: Shown) -> bool:
         line = line.strip()
         if line and not _ENDS_RE.search(line):
             return True
+    previous = ""
     for sentence in _sentences(text):
         first = sentence.lstrip("\"“'‘(")
-        if first[:1].islower() or _CLAUSE_ONLY_RE.match(sentence):
+        # A continuation runs on from the story before it ("...draw your sword and" -> "see a
+        # fire"), and a trailing-off "..." may go on in lower case: neither starts a sentence.
+        runs_on = (not previous and not turn.action) or previous.endswith(("...", "…"))
+        if (first[:1].islower() and not runs_on) or _CLAUSE_ONLY_RE.match(sentence):
             return True
+        previous = sentence
     return False
 
 

@@ -68,13 +68,16 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--turns", type=int, default=18)
     parser.add_argument("--adventures", type=int, default=len(ADVENTURES))
+    parser.add_argument("--skip", type=int, default=0, help="adventures already played (the file is appended to)")
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
     config = Config().with_value("max_new_tokens", 60).with_value("context_tokens", 1024)
     scripted = load_script(SCRIPT)["actions"]
-    with args.out.open("w", encoding="utf-8") as out:
+    with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
         for index, (setting, character, name, seed) in enumerate(ADVENTURES[: args.adventures]):
+            if index < args.skip:
+                continue
             adventure = {"setting": setting, "character": character, "name": name, "seed": seed}
             actions = mixed_actions(scripted, offset=index * 3)
             for turn in play_adventure(

@@ -146,3 +146,27 @@ def test_evaluate_counts_precision_and_recall_and_skips_unlabelled() -> None:
     assert (score.true_pos, score.false_pos, score.false_neg, score.labelled) == (1, 1, 1, 2)
     assert score.precision == 0.5 and score.recall == 0.5
     assert not score.validated and "first_person" not in validated(evaluate(records))
+
+
+def test_a_continuation_may_run_on_in_lower_case() -> None:
+    assert not fragment(shown("see a fire burning. You wait.", action=""))
+    assert fragment(shown("see a fire burning. You wait."))
+
+
+@pytest.mark.parametrize(
+    ("text", "action", "expected"),
+    [
+        ("The air is thick with smoke. The ground shimmers.", "You look around.", False),
+        ("A cart rolls past.", "You wait.", False),
+        ("Yes, we did enjoy dancing, dear friend.", "You dance on the table.", False),
+        ("As you walk down the hallway, a lantern burns.", "You follow the sound.", False),
+        ('The old man shrugs. "Nothing happened."', 'You say "Tell me about the war."', False),
+        ("A cart rolls past.", 'You say "Tell me about the war."', True),
+    ],
+)
+def test_open_actions_and_speech_are_answered_otherwise(text: str, action: str, expected: bool) -> None:
+    assert ignored_action(shown(text, action)) is expected
+
+
+def test_a_trailing_off_sentence_may_go_on_in_lower_case() -> None:
+    assert not fragment(shown("They have something else going on here... you're sure of it."))
