@@ -94,7 +94,11 @@ def _sentences(text: str) -> list[str]:
 
 # "I" only as a capital word (I, I'm, I'd); the others in any case. "us" only in lower case
 # (so "US" the country is not one).
-_FIRST_PERSON_RE = re.compile(r"\bI\b|\bI['’](?:m|d|ll|ve)\b|\b(?i:we|my|our|ours|me|myself|ourselves)\b|\bus\b")
+# "mine" only where it cannot be the noun ("a mine", "the mine").
+_FIRST_PERSON_RE = re.compile(
+    r"\bI\b|\bI['’](?:m|d|ll|ve)\b|\b(?i:we|my|our|ours|me|myself|ourselves)\b|\bus\b"
+    r"|(?<!\b[Aa] )(?<!\b[Tt]he )\b(?i:mine)\b"
+)
 
 
 def first_person(turn: Shown) -> bool:
@@ -109,9 +113,62 @@ _SPEECH = (
     r"|shout|shouts|shouted|yell|yells|yelled|whisper|whispers|whispered|exclaim|exclaims|exclaimed"
     r"|mutter|mutters|muttered|respond|responds|responded|call|calls|called out|explain|explains|explained"
     r"|scream|screams|screamed|insist|insists|insisted|agree|agrees|agreed|promise|promises|promised"
+    r"|mention|mentions|mentioned"
 )
-_YOU_SPEAK_RE = re.compile(rf"\b[Yy]ou\s+(?:(?:also|then|quickly|softly|quietly|calmly|simply)\s+)?(?:{_SPEECH})\b")
-# Speech attributed to you: `"...," you said` or `you said, "..."`.
+_SPEECH_WORDS = frozenset(_SPEECH.replace(" out", "").split("|"))
+# Deliberate acts, each form -> its base: "you grabbed a cup" is a move the player did not
+# choose unless the action was one (perceiving, standing, feeling are narration, so not here).
+_ACTS = {
+    form: forms.split()[0]
+    for forms in (
+        "grab grabs grabbed",
+        "take takes took",
+        "turn turns turned",
+        "walk walks walked",
+        "run runs ran",
+        "leave leaves left",
+        "cross crosses crossed",
+        "throw throws threw",
+        "pick picks picked",
+        "open opens opened",
+        "close closes closed",
+        "go goes went",
+        "try tries tried",
+        "decide decides decided",
+        "kiss kisses kissed",
+        "hug hugs hugged",
+        "give gives gave",
+        "put puts",
+        "draw draws drew",
+        "attack attacks attacked",
+        "climb climbs climbed",
+        "jump jumps jumped",
+        "begin begins began",
+        "start starts started",
+        "pull pulls pulled",
+        "push pushes pushed",
+        "hand hands handed",
+        "kick kicks kicked",
+        "hit hits",
+        "enter enters entered",
+        "sit sits sat",
+        "collect collects collected",
+        "carry carries carried",
+        "dance dances danced",
+        "eat eats ate",
+        "drink drinks drank",
+    )
+    for form in forms.split()
+}
+_YOU_VERB_RE = re.compile(
+    r"\b[Yy]ou\s+(?:(?:also|then|just|quickly|softly|quietly|calmly|simply|suddenly|slowly)\s+)?([a-z]+)\b"
+)
+# "Can you explain?", "Why did you say that?", "you need to go": addressed to the player, or
+# something they might do, not something written for them.
+_ADDRESSED_RE = re.compile(
+    r"\b(?:can|could|will|would|do|did|does|should|may|might|must|to|why|let|if|when|shall|want|need)\s*$", re.I
+)
+# Speech attributed to you: `"...," you said`.
 _QUOTE_YOU_RE = re.compile(rf'["”]\s*,?\s*you\s+(?:{_SPEECH})\b', re.IGNORECASE)
 
 
@@ -119,24 +176,42 @@ def _spoken(text: str) -> list[str]:
     return [m.group(0).strip('"“”') for m in _QUOTE_RE.finditer(text)]
 
 
-def plays_player(turn: Shown) -> bool:
-    """The result gives the player words (or moves in their name) the player did not type.
+def _echoes(sentence: str, action: str) -> bool:
+    """The sentence tells back the player's own words (quoted or not)."""
+    said = content_lemmas(" ".join(_spoken(action)))
+    if not said:
+        return False
+    told = content_lemmas(sentence)
+    return len(said & told) * 2 >= len(said)
 
-    Echoing what the player said ("You ask, 'Is anyone here?'") is not playing them: a speech
-    line counts only when its words are not the action's own.
-    """
-    said = " ".join(_words(" ".join(_spoken(turn.action))))
-    name = re.escape(turn.player_name.strip())
-    patterns = [_YOU_SPEAK_RE, _QUOTE_YOU_RE]
-    if name:
-        patterns.append(re.compile(rf"\b{name}\s+(?:{_SPEECH})\b|\b{name}\s*:|[\"”]\s*,?\s*{name}\s+(?:{_SPEECH})\b"))
-    for sentence in _sentences(turn.text):
-        if not any(p.search(sentence) for p in patterns):
+
+def _written_for_player(sentence: str, action: str) -> bool:
+    """A "you <speech or act>" clause in the sentence that the player did not type."""
+    wanted = {lemma for word in content_lemmas(action) for lemma in _family(word)}
+    for match in _YOU_VERB_RE.finditer(_unquoted(sentence)):
+        if _ADDRESSED_RE.search(sentence[: match.start()]):
             continue
-        quoted = " ".join(_words(" ".join(_spoken(sentence))))
-        if said and quoted and (quoted in said or said in quoted):
-            continue  # the player's own words, told back
-        return True
+        verb = match.group(1)
+        if verb in _SPEECH_WORDS and not _echoes(sentence, action):
+            return True
+        if verb in _ACTS and not _family(_lemma(_ACTS[verb])) & wanted:
+            return True
+    return bool(_QUOTE_YOU_RE.search(sentence)) and not _echoes(sentence, action)
+
+
+def plays_player(turn: Shown) -> bool:
+    """The result gives the player words or deliberate moves the player did not type.
+
+    Telling back what the player said or did ("You ask, 'Is anyone here?'" after typing it) is
+    not playing them, and neither is a question to them ("Can you explain?").
+    """
+    name = re.escape(turn.player_name.strip())
+    by_name = re.compile(rf"\b{name}\s+(?:{_SPEECH})\b|\b{name}\s*:|[\"”]\s*,?\s*{name}\s+(?:{_SPEECH})\b")
+    for sentence in _sentences(turn.text):
+        if _written_for_player(sentence, turn.action):
+            return True
+        if name and by_name.search(sentence) and not _echoes(sentence, turn.action):
+            return True
     return False
 
 

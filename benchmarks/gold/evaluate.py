@@ -3,7 +3,7 @@
     python benchmarks/gold/evaluate.py [benchmarks/gold/gold.jsonl]
 
 A detector is validated (counts in the bench's clean-turn rate) at precision >= 0.8 and
-recall >= 0.7. The last lines give the gold set's own clean-turn rate, read from the labels.
+recall >= 0.7 on the held-out (`test`) turns; the `dev` turns were read while it was written. The last lines give the gold set's own clean-turn rate, read from the labels.
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ def _pct(value: float | None) -> str:
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("gold.jsonl")
     records = read_gold(path)
-    scores = evaluate(records)
-    print(f"{len(records)} labelled turns from {path}\n")
-    print("| detector | labelled true | flagged | precision | recall | validated |")
-    print("|---|---|---|---|---|---|")
-    for name, s in scores.items():
-        flagged = s.true_pos + s.false_pos
-        row = [name, str(s.labelled), str(flagged), _pct(s.precision), _pct(s.recall), "yes" if s.validated else "no"]
-        print("| " + " | ".join(row) + " |")
+    held_out = [r for r in records if r["split"] == "test"]
+    every = evaluate(records)
+    test = evaluate(held_out)
+    print(f"{len(records)} labelled turns from {path}, {len(held_out)} held out\n")
+    print("| detector | labelled true (held out / all) | precision held out | recall held out | precision all | recall all | validated |")
+    print("|---|---|---|---|---|---|---|")
+    for name, s in test.items():
+        a = every[name]
+        row = [name, f"{s.labelled} / {a.labelled}", _pct(s.precision), _pct(s.recall), _pct(a.precision), _pct(a.recall)]
+        print("| " + " | ".join([*row, "yes" if s.validated else "no"]) + " |")
     clean = [not any(r["labels"].get(k) for k in (*DETECTORS, "incoherent")) for r in records]
     acted = [r for r in records if r["action"]]
     followed = sum(not r["labels"]["ignored_action"] for r in acted)

@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--turns", type=int, default=18)
     parser.add_argument("--adventures", type=int, default=len(ADVENTURES))
+    parser.add_argument(
+        "--split", choices=["all", "dev", "test"], default="all", help="dev: each setting's first seed; test: its second"
+    )
     parser.add_argument("--skip", type=int, default=0, help="adventures already played (the file is appended to)")
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
@@ -76,7 +79,7 @@ def main() -> None:
     scripted = load_script(SCRIPT)["actions"]
     with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
         for index, (setting, character, name, seed) in enumerate(ADVENTURES[: args.adventures]):
-            if index < args.skip:
+            if index < args.skip or (args.split != "all" and index % 2 != (args.split == "test")):
                 continue
             adventure = {"setting": setting, "character": character, "name": name, "seed": seed}
             actions = mixed_actions(scripted, offset=index * 3)

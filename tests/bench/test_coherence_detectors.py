@@ -170,3 +170,24 @@ def test_open_actions_and_speech_are_answered_otherwise(text: str, action: str, 
 
 def test_a_trailing_off_sentence_may_go_on_in_lower_case() -> None:
     assert not fragment(shown("They have something else going on here... you're sure of it."))
+
+
+@pytest.mark.parametrize(
+    ("text", "action", "expected"),
+    [
+        ("You turned around, grabbed a cup of tea, and walked away.", "You light a fire.", True),
+        ("You mentioned your plans ahead.", "You throw a rock.", True),
+        ("You just told me you don't remember me.", "You wait.", True),
+        ("Can you explain more about it?", "You check your supplies.", False),
+        ("You said you meant no harm, but the guard frowns.", 'You say "We mean no harm."', False),
+        ("You dance until the candles burn low.", "You dance on the table.", False),
+        ("You need to run before the guards come.", "You wait.", False),
+    ],
+)
+def test_moves_and_words_written_for_the_player(text: str, action: str, expected: bool) -> None:
+    assert plays_player(shown(text, action)) is expected
+
+
+def test_mine_the_pronoun_is_first_person_and_the_noun_is_not() -> None:
+    assert first_person(shown("Someone else will have mine tomorrow."))
+    assert not first_person(shown("You enter the mine. A mine cart waits."))
