@@ -3,7 +3,8 @@
     python benchmarks/gold/evaluate.py [benchmarks/gold/gold.jsonl]
 
 A detector is validated (counts in the bench's clean-turn rate) at precision >= 0.8 and
-recall >= 0.7 on the held-out (`test`) turns; the `dev` turns were read while it was written. The last lines give the gold set's own clean-turn rate, read from the labels.
+recall >= 0.7 on the held-out (`test`) turns; the `dev` turns were read while it was written.
+The last lines give the gold set's own clean-turn rate, read from the labels.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ def main() -> None:
     every = evaluate(records)
     test = evaluate(held_out)
     print(f"{len(records)} labelled turns from {path}, {len(held_out)} held out\n")
-    print("| detector | labelled true (held out / all) | precision held out | recall held out | precision all | recall all | validated |")
+    print(
+        "| detector | labelled true (held out / all) | precision held out | recall held out "
+        "| precision all | recall all | validated |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, s in test.items():
         a = every[name]
-        row = [name, f"{s.labelled} / {a.labelled}", _pct(s.precision), _pct(s.recall), _pct(a.precision), _pct(a.recall)]
+        row = [name, f"{s.labelled} / {a.labelled}", _pct(s.precision), _pct(s.recall)]
+        row += [_pct(a.precision), _pct(a.recall)]
         print("| " + " | ".join([*row, "yes" if s.validated else "no"]) + " |")
     clean = [not any(r["labels"].get(k) for k in (*DETECTORS, "incoherent")) for r in records]
     acted = [r for r in records if r["action"]]

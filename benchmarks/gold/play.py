@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=18)
     parser.add_argument("--adventures", type=int, default=len(ADVENTURES))
     parser.add_argument(
-        "--split", choices=["all", "dev", "test"], default="all", help="dev: each setting's first seed; test: its second"
+        "--split", choices=["all", "dev", "test"], default="all", help="dev: a setting's first seed; test: its second"
     )
     parser.add_argument("--skip", type=int, default=0, help="adventures already played (the file is appended to)")
     args = parser.parse_args()
