@@ -6,8 +6,8 @@ had already removed. So nothing here imports `core.guard` or `core.cleanup`: eac
 one shown turn (`Shown`: the action, the text, the recent results, the player's name) and says
 yes or no. Which of them the bench may trust is decided by the gold set (`benchmarks/gold/`,
 labelled by a person reading each turn): `evaluate` scores every detector against those labels,
-and only the ones at precision >= 0.8 and recall >= 0.7 are `validated` and count in the
-headline, the clean-turn rate.
+and only the ones at precision >= 0.8 and recall >= 0.7, over at least 5 labelled glitches, are
+`validated` and count in the headline, the clean-turn rate (`VALIDATED`).
 
 The detectors (their names are the gold set's label keys):
 
@@ -41,10 +41,13 @@ from typing import Any
 # A detector counts in the bench only at this precision and recall against the gold labels.
 MIN_PRECISION = 0.8
 MIN_RECALL = 0.7
+# ...and only when the labels hold at least this many glitches of its kind: a recall of 1.0 over
+# one example says nothing.
+MIN_SUPPORT = 5
 # The detectors that passed the gold set (benchmarks/gold/gold.jsonl): the clean-turn rate counts
 # only these. tests/bench/test_coherence_gold.py derives the list from the labels again and fails
 # when it differs, so a change to a detector or to the labels cannot move it silently.
-VALIDATED: tuple[str, ...] = ()
+VALIDATED: tuple[str, ...] = ("first_person",)
 
 
 @dataclass(frozen=True)
@@ -163,10 +166,12 @@ _ACTS = {
 _YOU_VERB_RE = re.compile(
     r"\b[Yy]ou\s+(?:(?:also|then|just|quickly|softly|quietly|calmly|simply|suddenly|slowly)\s+)?([a-z]+)\b"
 )
-# "Can you explain?", "Why did you say that?", "you need to go": addressed to the player, or
-# something they might do, not something written for them.
+# "Can you explain?", "Why did you say that?", "you need to go", "before you leave": addressed
+# to the player, or something they might do, not something written for them.
 _ADDRESSED_RE = re.compile(
-    r"\b(?:can|could|will|would|do|did|does|should|may|might|must|to|why|let|if|when|shall|want|need)\s*$", re.I
+    r"\b(?:can|could|will|would|do|did|does|should|may|might|must|to|why|let|if|when|shall|want|need"
+    r"|before|after|until|unless|once)\s*$",
+    re.I,
 )
 # Speech attributed to you: `"...," you said`.
 _QUOTE_YOU_RE = re.compile(rf'["”]\s*,?\s*you\s+(?:{_SPEECH})\b', re.IGNORECASE)
@@ -330,7 +335,11 @@ _NOT_NAMES = _word_set(
     "A An The Now Still Not Here There In On At Alone Safe Free Ready Sure Able Back Home Inside Outside "
     "Tired Hungry Lost Stuck Captain Sir Lady Lord Dr Mr Mrs Ms"
 )
-_YOU_ARE_RE = re.compile(r"\b(?:[Yy]ou\s+are|[Yy]ou['’]re|[Yy]our\s+name\s+is|[Cc]all\s+you)\s+([A-Z][a-z]+)\b")
+# A title is not the name: "You are Captain Vor'Thraxys" names Vor'Thraxys.
+_YOU_ARE_RE = re.compile(
+    r"\b(?:[Yy]ou\s+are|[Yy]ou['’]re|[Yy]our\s+name\s+is|[Cc]all\s+you)\s+"
+    r"(?:(?:Captain|Lord|Lady|Sir|Dame|Master|Doctor|Dr|Mr|Mrs|Ms|Miss)\.?\s+)?([A-Z][a-z]+)\b"
+)
 
 
 def identity_drift(turn: Shown) -> bool:
@@ -476,7 +485,8 @@ class Score:
     @property
     def validated(self) -> bool:
         p, r = self.precision, self.recall
-        return p is not None and r is not None and p >= MIN_PRECISION and r >= MIN_RECALL
+        supported = self.labelled >= MIN_SUPPORT
+        return supported and p is not None and r is not None and p >= MIN_PRECISION and r >= MIN_RECALL
 
 
 def read_gold(path: Path) -> list[dict[str, Any]]:

@@ -191,3 +191,19 @@ def test_moves_and_words_written_for_the_player(text: str, action: str, expected
 def test_mine_the_pronoun_is_first_person_and_the_noun_is_not() -> None:
     assert first_person(shown("Someone else will have mine tomorrow."))
     assert not first_person(shown("You enter the mine. A mine cart waits."))
+
+
+def test_a_title_is_not_the_name() -> None:
+    assert identity_drift(shown("You are Captain Vor'Thraxys, Lord Commander.", name="Anne"))
+    assert not identity_drift(shown("You are Captain Anne of the Crimson Gull.", name="Anne"))
+
+
+def test_an_act_the_player_might_do_later_is_not_written_for_them() -> None:
+    assert not plays_player(shown("You can use a map before you leave.", "You ask for directions."))
+
+
+def test_a_detector_needs_enough_labelled_glitches_to_be_validated() -> None:
+    records = [{"action": "", "text": "Now it may happen. Now it can indeed happen.", "labels": {"repetition": True}}]
+    score = evaluate(records)["repetition"]
+    assert score.precision == 1.0 and score.recall == 1.0
+    assert not score.validated
