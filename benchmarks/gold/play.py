@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--turns", type=int, default=18)
+    parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--adventures", type=int, default=len(ADVENTURES))
     parser.add_argument(
         "--split", choices=["all", "dev", "test"], default="all", help="dev: a setting's first seed; test: its second"
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
-    config = Config().with_value("max_new_tokens", 60).with_value("context_tokens", 1024)
+    config = Config().with_value("max_new_tokens", args.max_new_tokens).with_value("context_tokens", 1024)
     scripted = load_script(SCRIPT)["actions"]
     with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
         for index, (setting, character, name, seed) in enumerate(ADVENTURES[: args.adventures]):
