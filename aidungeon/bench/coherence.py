@@ -3,8 +3,16 @@
 It plays K scripted adventures of T turns (settings, seeds and actions from
 `aidungeon/bench/data/coherence.toml`) twice: with the game's guard (cleanup, stop rules, ranked
 candidates, loop retries) and with AI Dungeon 2's rules as the baseline (temperature 0.4,
-top_k 40, no repetition penalty, cut at ">" and the trailing sentence). Every shown result is
-checked with the same detectors the guard uses, and the counts are reported per 100 turns. It
+top_k 40, no repetition penalty, cut at ">" and the trailing sentence).
+
+Every shown result is judged twice. The headline comes from the bench's own detectors
+(`bench.detectors`, written apart from the guard so the bench does not score with the rules the
+game optimises against): the clean-turn rate is the share of turns none of the gold-validated
+detectors flags, and the action-followed rate the share of action turns whose result answers
+the action. Each detector's rate is reported too, marked validated or not. Beside them stay the
+guard's own counts (player turns, fragments, repeats, loops, junk) per 100 turns, as before.
+With 100 turns per adventure the window slides several times: the clean-turn rate is then also
+reported for turns 1-20 and 81-100, so drift over long play shows as their difference. It
 returns the report and prints nothing: the CLI shows it.
 """
 
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aidungeon.bench import detectors
 from aidungeon.core import cleanup, guard
 from aidungeon.core.config import Config
 from aidungeon.core.errors import ConfigError
@@ -25,7 +34,10 @@ from aidungeon.game.rules import RuleSet
 from aidungeon.storage.paths import Paths, default_paths
 
 SCRIPT = Path(__file__).resolve().parent / "data" / "coherence.toml"
-METRICS = ("hallucinated_player_turns", "fragments", "repeats", "loops", "junk", "empty")
+# The guard's own counts per 100 turns (what the bench reported before it had its own detectors).
+GUARD_COUNTS = ("hallucinated_player_turns", "fragments", "repeats", "loops", "junk", "empty")
+# What the CLI table shows: the headline rates (0..1) first, then the guard's counts.
+METRICS = ("clean_turn_rate", "action_followed_rate", *GUARD_COUNTS)
 
 
 @dataclass
@@ -33,7 +45,7 @@ class Tally:
     """Counts over every turn of one mode."""
 
     turns: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METRICS, 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GUARD_COUNTS, 0))
     texts: list[str] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -76,9 +88,27 @@ def baseline_config(config: Config) -> Config:
     )
 
 
+@dataclass(frozen=True)
+class Played:
+    """One shown turn, as the player saw it: what the detectors and the gold set look at."""
+
+    setting: str
+    player_name: str
+    number: int  # 1 is the opening's continuation
+    action: str  # the action as it entered the story ("" for the opening's continuation)
+    text: str  # the result shown ("" when the turn stalled)
+    recent: tuple[str, ...]  # recent results before this turn, oldest first
+    logprob: float | None
+
+
+def adventure_lines(actions: list[str], turns: int) -> list[str]:
+    """The lines one adventure types: "" (continue the opening), then the actions, cycling."""
+    return [""] + [actions[i % len(actions)] for i in range(turns - 1)]
+
+
 def play_adventure(
     loaded: Any, config: Config, adventure: dict[str, Any], *, actions: list[str], turns: int, rules: RuleSet
-) -> Tally:
+) -> list[Played]:
     """One scripted adventure: the opening's continuation, then `turns - 1` actions."""
     from aidungeon.game.events import EventKind
     from aidungeon.game.start import start_session
@@ -89,7 +119,7 @@ def play_adventure(
     setting = prompts.find_setting(settings, adventure["setting"])
     character = setting.character(str(adventure["character"]))
     story = prompts.new_story(prompts.starting_story_parts(setting, character, adventure["name"]), adventure["name"])
-    tally = Tally()
+    played: list[Played] = []
     with tempfile.TemporaryDirectory(prefix="aidungeon-coherence-") as home:
         session = start_session(
             story,
@@ -101,18 +131,28 @@ def play_adventure(
             layout=loaded.layout,
             rules=rules,
         )
-        lines = [""] + [actions[i % len(actions)] for i in range(turns - 1)]
-        for line in lines:
+        for number, line in enumerate(adventure_lines(actions, turns), start=1):
             recent = session.turns.recent_results(session.story)
             before = session.story.last
             events = list(session.handle(line))
             shown = next((e.text for e in events if e.kind is EventKind.RESULT), "")
+            action = next((e.text for e in events if e.kind is EventKind.ACTION), "")
             if session.story.last is before:  # the turn stalled and was dropped: nothing was shown
                 shown = ""
             ranked = session.turns.telemetry.ranked
             logprob = ranked[0].mean_logprob if shown and ranked else None
-            tally.add(shown, recent, logprob, story.player_name or None)
-    return tally
+            played.append(
+                Played(adventure["setting"], story.player_name, number, action, shown, tuple(recent), logprob)
+            )
+    return played
+
+
+def tally(played: list[Played]) -> Tally:
+    """The guard-era counts over played turns."""
+    total = Tally()
+    for turn in played:
+        total.add(turn.text, list(turn.recent), turn.logprob, turn.player_name or None)
+    return total
 
 
 def run_coherence(
@@ -135,20 +175,53 @@ def run_coherence(
     modes = (("guard", RuleSet.GUARD, base), ("baseline", RuleSet.BASELINE, baseline_config(base)))
     for mode, rules, config in modes:
         total = Tally()
+        everything: list[Played] = []
         for adventure in adventures:
-            tally = play_adventure(loaded, config, adventure, actions=script["actions"], turns=turns, rules=rules)
-            _merge(total, tally)
+            played = play_adventure(loaded, config, adventure, actions=script["actions"], turns=turns, rules=rules)
+            everything += played
+            part = tally(played)
+            _merge(total, part)
             if progress is not None:
-                progress(f"{mode}: {adventure['setting']} done ({tally.turns} turns)")
-        results[mode] = total.report()
+                progress(f"{mode}: {adventure['setting']} done ({part.turns} turns)")
+        results[mode] = {**total.report(), **judge(everything)}
+        results[f"{mode}_transcripts"] = [
+            {"setting": t.setting, "turn": t.number, "action": t.action, "text": t.text} for t in everything
+        ]
     results["adventures"] = len(adventures)
     results["turns_per_adventure"] = turns
     return results
 
 
+def judge(played: list[Played]) -> dict[str, Any]:
+    """The bench's own verdicts over played turns: the clean-turn and action-followed rates, each
+    detector's rate per 100 turns, and the clean-turn rate over turns 1-20 and 81-100."""
+    verdicts = [detectors.detect(_shown(turn)) for turn in played]
+    clean = [not any(v[name] for name in detectors.VALIDATED) for v in verdicts]
+    acted = [v["ignored_action"] for v, turn in zip(verdicts, played, strict=True) if turn.action]
+    report: dict[str, Any] = {
+        "clean_turn_rate": _share(clean),
+        "action_followed_rate": _share([not ignored for ignored in acted]),
+        "validated": list(detectors.VALIDATED),
+        "detectors_per_100": {name: 100 * _share([v[name] for v in verdicts]) for name in detectors.DETECTORS},
+    }
+    for first, last in ((1, 20), (81, 100)):
+        window = [ok for ok, turn in zip(clean, played, strict=True) if first <= turn.number <= last]
+        if window:
+            report[f"clean_turn_rate_{first}_{last}"] = _share(window)
+    return report
+
+
+def _shown(turn: Played) -> detectors.Shown:
+    return detectors.Shown(action=turn.action, text=turn.text, recent=turn.recent, player_name=turn.player_name)
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
+
+
 def _merge(total: Tally, part: Tally) -> None:
     total.turns += part.turns
-    for name in METRICS:
+    for name in GUARD_COUNTS:
         total.counts[name] += part.counts[name]
     total.texts += part.texts
     total.logprobs += part.logprobs
