@@ -145,9 +145,9 @@ SWEEP_KEYS = {
 
 
 def test_the_sweep_reports_every_setting(trained_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = ["--concurrency", "1,2", "--best-of", "1,2"]
     args = build_parser().parse_args(
-        ["bench", "--model", str(trained_model_dir), "--turns", "2", "--max-new-tokens", "6"]
-        + ["--concurrency", "1,2", "--best-of", "1,2"]
+        ["bench", "--model", str(trained_model_dir), "--turns", "2", "--max-new-tokens", "6", *sweep]
     )
     results = speed_bench(args, default_paths())
     assert capsys.readouterr().out == ""
