@@ -480,7 +480,8 @@ class Engine:
             for job in feeding:
                 self._forward_plain(job)
             return
-        chosen, rows = [], 0
+        chosen: list[_Job] = []
+        rows = 0
         for job in feeding:
             if chosen and self.max_rows is not None and rows + job.n > self.max_rows:
                 continue  # waits, state intact, for a later step

@@ -118,7 +118,8 @@ class SessionCache:
         length = len(self.tokens)
         if isinstance(self.cache, StaticCache):
             for layer in self.cache.layers:
-                layer.cumulative_length.fill_(length)  # type: ignore[attr-defined]
+                static: Any = layer
+                static.cumulative_length.fill_(length)
             return
         if self.branches:
             length += len(self.branches[0])
@@ -155,7 +156,7 @@ class SessionCache:
             self.tokens.append(tokens[0])
 
 
-def _device(cache: DynamicCache) -> torch.device:
+def _device(cache: StaticCache | DynamicCache) -> torch.device:
     for layer in cache.layers:
         keys = getattr(layer, "keys", None)
         if isinstance(keys, torch.Tensor):
