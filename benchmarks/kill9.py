@@ -67,7 +67,8 @@ def story_lines(output: str) -> list[str]:
     lines = []
     for line in complete.splitlines():
         text = line.strip()
-        if not text or text.startswith((">", "(", "... ", "Stopped", "Saved as", "aidungeon:", "Out of memory")):
+        notice = (">", "!", "(", "... ", "Loading ", "Stopped", "Saved as", "aidungeon:", "Out of memory")
+        if not text or text.startswith(notice):
             continue
         lines.append(text)
     return lines

@@ -8,11 +8,13 @@ while a session plays in it). It decides nothing about when to save: the session
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 
 from aidungeon.core.config import Config
 from aidungeon.core.errors import SaveError
 from aidungeon.core.story import Story
+from aidungeon.game.events import Event, EventKind
+from aidungeon.game.turn import Turn
 from aidungeon.storage.saves import SaveData
 from aidungeon.storage.slots import SaveSlot, SaveStore
 
@@ -22,6 +24,25 @@ def settings_from_save(config: Config, data: SaveData) -> Config:
     ConfigError when the save's values are out of range."""
     saved = Config.from_dict({k: v for k, v in data.settings.items() if k in ("sampling", "context")})
     return dataclasses.replace(saved, app=config.app)
+
+
+def saved_before_shown(
+    turn: Turn, autosave: Callable[[], Iterator[Event]]
+) -> Generator[Event, None, tuple[Config, bool]]:
+    """The turn's events with each result saved before it is shown, so a kill after the player
+    read a result never loses it (a failed save is one line after the text). Returns the turn's
+    settings and whether a result was saved."""
+    result_saved = False
+    while True:
+        try:
+            event = next(turn)
+        except StopIteration as done:
+            return done.value, result_saved
+        failure: list[Event] = []
+        if event.kind is EventKind.RESULT:
+            failure, result_saved = list(autosave()), True
+        yield event
+        yield from failure
 
 
 class SlotKeeper:

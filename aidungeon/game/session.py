@@ -20,7 +20,7 @@ from aidungeon.core.errors import AIDungeonError, SaveError, StoryError
 from aidungeon.core.story import Story
 from aidungeon.core.text import clean_text
 from aidungeon.game.events import Event, EventKind
-from aidungeon.game.persist import SlotKeeper
+from aidungeon.game.persist import SlotKeeper, saved_before_shown
 from aidungeon.game.turn import MIN_BUDGET, Turn, TurnPipeline
 from aidungeon.storage.saves import SaveData
 
@@ -80,13 +80,15 @@ class Session:
         return self._run(self.turns.retry(self.story, self.config, cancel or CancelToken()))
 
     def _run(self, turn: Turn) -> Iterator[Event]:
-        """A turn, then its explicit save; a turn that fails still saves the story it leaves."""
+        """A turn, its result saved before it is shown; what it leaves is saved at its end."""
+        before = self.config
         try:
-            self.config = yield from turn
+            self.config, result_saved = yield from saved_before_shown(turn, self.autosave)
         except AIDungeonError:
             yield from self.autosave()
             raise
-        yield from self.autosave()
+        if not result_saved or self.config != before:
+            yield from self.autosave()
 
     def autosave(self) -> Iterator[Event]:
         """Save now; a failure is one line after what the player already saw."""

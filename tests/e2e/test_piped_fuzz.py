@@ -1,9 +1,9 @@
-"""A piped `aidungeon` fed a few hundred random lines: hostile bytes never end the game.
+"""A piped `aidungeon` fed a thousand random lines: hostile bytes never end the game.
 
 Lines mix actions, invalid UTF-8, control characters and escape sequences, one 100,000-character
 line, and every command with random arguments. The game must answer each without a traceback,
 exit cleanly at the final /quit, and leave a save that lists and loads. The tiny trained model
-with a small token budget keeps a run well under a minute.
+with a small token budget keeps a run to a minute or two.
 """
 
 from __future__ import annotations
@@ -54,14 +54,14 @@ def run(args: list[str], stdin: bytes, cwd: Path) -> subprocess.CompletedProcess
     command = [script] if script else [sys.executable, "-m", "aidungeon"]
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "COLUMNS", "LINES")}
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([*command, *args], input=stdin, capture_output=True, timeout=120, env=env, cwd=cwd)
+    return subprocess.run([*command, *args], input=stdin, capture_output=True, timeout=600, env=env, cwd=cwd)
 
 
 @pytest.mark.slow
 def test_random_piped_lines_never_crash_the_game(trained_model_dir: Path, tmp_path: Path) -> None:
     played = run(
         ["--prompt", "You are in a dark cave.", "--model", str(trained_model_dir), "--seed", "3"],
-        fuzz_input(seed=11, count=220),
+        fuzz_input(seed=11, count=1000),
         tmp_path,
     )
     out, err = played.stdout.decode("utf-8", "replace"), played.stderr.decode("utf-8", "replace")

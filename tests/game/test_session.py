@@ -239,3 +239,17 @@ def test_a_save_open_in_one_game_is_refused_to_another_until_it_closes() -> None
     assert loader.save_name == "loader"
     first.close()
     assert only(run(loader, "/load shared"), "info").text == "Loaded shared."
+
+
+# -- a result the player has read is on disk (kill -9 right after it is shown loses nothing) -------
+
+
+def test_a_result_is_saved_before_it_is_shown(game: Session) -> None:
+    shown = 0
+    for event in game.handle("look around"):
+        if event.kind == "result":
+            # The UI draws the result now; the generator has not been resumed since.
+            assert saved_story(game) == game.story.to_dict()
+            assert event.text in json.dumps(saved_story(game), ensure_ascii=False)
+            shown += 1
+    assert shown == 1
