@@ -5,7 +5,11 @@ twice in one process: in normal mode (KV cache reused across turns) and in naive
 (re-encode the whole window every turn, as AI Dungeon 2 and KoboldAI did), and reports
 per-turn medians, their ratios, peak memory, startup time, and decode speed against the
 memory-bandwidth bound measured in the same run. Ratios from one run are what to compare:
-these machines are shared and noisy. `aidungeon bench coherence` lives in `coherence.py`. It
+these machines are shared and noisy. `aidungeon bench coherence` lives in `coherence.py`.
+
+With `--concurrency` or `--best-of` it sweeps instead (`sweep_bench`): for each setting, that
+many scripted sessions play at once through one engine, drawing that many candidates a turn,
+and then the same sessions play one after another on a fresh engine, for the ratio. It
 returns results and prints nothing: the CLI shows them.
 """
 
@@ -63,7 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unpacked", action="store_true", help="keep torch's own weight layout on the CPU (to measure packing)"
     )
+    parser.add_argument(
+        "--concurrency", type=_int_list, help="sweep: sessions playing at once through one engine, e.g. 1,2,4,8"
+    )
+    parser.add_argument("--best-of", type=_int_list, help="sweep: candidates drawn a turn, e.g. 1,2,4")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected numbers of 1 or more, got {text!r}")
+    return values
 
 
 @dataclass
@@ -73,6 +91,9 @@ class TurnRecord:
     prefill_tokens: int
     cache_hit: bool
     decode_tok_s: float
+    # Tokens this turn decoded, all candidates together (the sweep's throughput): a turn's
+    # candidates decode in step, so its steps times its candidates.
+    generated_tokens: int = 0
     # Every attempt gave unusable text (the game said so); its time is still a real turn's.
     stalled: bool = False
 
@@ -85,6 +106,8 @@ def speed_bench(args: argparse.Namespace, paths: Paths, *, started_at: float | N
 
     spec = _model_spec(args, paths)
     loaded = load_model(spec, paths, device=args.device, dtype=args.dtype, pack=not args.unpacked)
+    if args.concurrency or args.best_of:
+        return sweep_bench(loaded, args)
     start = process_start_time() or started_at
     startup_s = time.time() - start if start is not None else 0.0
     turns = args.turns or 20
@@ -130,22 +153,32 @@ def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
     return str(folder)
 
 
-def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, raw: bool) -> list[TurnRecord]:
-    """Play the scripted actions; `raw` keeps uncleaned text (random weights write noise)."""
+def play_session(
+    loaded: Any,
+    config: Config,
+    turns: int,
+    *,
+    reuse_cache: bool,
+    raw: bool,
+    engine: Any = None,
+    name: str = "bench",
+) -> list[TurnRecord]:
+    """Play the scripted actions (on `engine`, else a fresh one; `name` is the session);
+    `raw` keeps uncleaned text (random weights write noise)."""
     from aidungeon.core.story import Story
     from aidungeon.game.events import STALLED, EventKind
     from aidungeon.game.rules import RuleSet
     from aidungeon.game.start import start_session
     from aidungeon.model.engine import Engine
 
-    engine = Engine.for_model(loaded)
+    engine = engine or Engine.for_model(loaded)
     with tempfile.TemporaryDirectory(prefix="aidungeon-bench-") as home:
         session = start_session(
             Story(opening=OPENING, title="bench", pin_opening=True),
             engine,
             config,
             default_paths({"AIDUNGEON_HOME": home}),
-            save_name="bench",
+            save_name=name,
             model_name=loaded.name,
             layout=loaded.layout,
             reuse_cache=reuse_cache,
@@ -169,9 +202,115 @@ def play_session(loaded: Any, config: Config, turns: int, *, reuse_cache: bool, 
                     cache_hit=stats.cache_hit,
                     decode_tok_s=stats.decode_tok_s,
                     stalled=bool(errors),
+                    generated_tokens=stats.new_tokens * session.turns.candidate_count(config),  # rows decode in step
                 )
             )
     return records
+
+
+def sweep_bench(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Every (concurrency, best-of) setting: sessions at once through one engine, then the same
+    sessions one at a time, each on a fresh engine after one untimed warm-up turn."""
+    from aidungeon.model import machine
+
+    turns = args.turns or 6
+    rows = []
+    for best_of in args.best_of or [1]:
+        for concurrency in args.concurrency or [1]:
+            config = _bench_config(args, loaded).with_value("candidates", best_of)
+            together, together_s, evictions = _play_sessions(loaded, config, turns, concurrency, args, at_once=True)
+            apart, apart_s, _ = _play_sessions(loaded, config, turns, concurrency, args, at_once=False)
+            rows.append(_sweep_row(concurrency, best_of, together, together_s, apart, apart_s, evictions))
+    return {
+        "model": loaded.name,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "packed_layers": loaded.packed_layers,
+        "machine": machine.machine_description(loaded.device),
+        "turns": turns,
+        "sweep": rows,
+    }
+
+
+def _bench_config(args: argparse.Namespace, loaded: Any) -> Config:
+    return (
+        Config()
+        .with_value("context_tokens", min(args.context, loaded.window))
+        .with_value("max_new_tokens", args.max_new_tokens)
+        .with_value("seed", 1234)
+    )
+
+
+def _play_sessions(
+    loaded: Any, config: Config, turns: int, sessions: int, args: argparse.Namespace, *, at_once: bool
+) -> tuple[list[list[TurnRecord]], float, int]:
+    """Play `sessions` scripted sessions at once (threads sharing one engine) or one after
+    another; returns each session's turns, the wall time and the engine's evictions."""
+    import threading
+
+    from aidungeon.model.engine import Engine
+
+    engine = Engine.for_model(loaded)
+    raw = args.random_gpt2 is not None
+    play_session(loaded, config, 1, reuse_cache=True, raw=raw, engine=engine, name="warmup")
+    records: list[list[TurnRecord]] = [[] for _ in range(sessions)]
+    errors: list[BaseException] = []
+
+    def play(number: int) -> None:
+        try:
+            records[number] = play_session(
+                loaded, config, turns, reuse_cache=True, raw=raw, engine=engine, name=f"player{number}"
+            )
+        except BaseException as err:  # re-raised below, in the bench's thread
+            errors.append(err)
+
+    start = time.perf_counter()
+    if at_once:
+        threads = [threading.Thread(target=play, args=(number,)) for number in range(sessions)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        for number in range(sessions):
+            play(number)
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return records, elapsed, engine.evictions
+
+
+def _sweep_row(
+    concurrency: int,
+    best_of: int,
+    together: list[list[TurnRecord]],
+    together_s: float,
+    apart: list[list[TurnRecord]],
+    apart_s: float,
+    evictions: int,
+) -> dict[str, Any]:
+    turns = [r for session in together for r in session]
+    alone = [r for session in apart for r in session]
+    generated = sum(r.generated_tokens for r in turns)
+    aggregate = generated / together_s
+    sequential = sum(r.generated_tokens for r in alone) / apart_s
+    ttfts = sorted(r.ttft_s for r in turns)
+    return {
+        "concurrency": concurrency,
+        "best_of": best_of,
+        "aggregate_decode_tok_s": aggregate,
+        "per_session_decode_tok_s": aggregate / concurrency,
+        "median_ttft_s": statistics.median(ttfts),
+        "p95_ttft_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+        "median_turn_s": statistics.median(r.turn_s for r in turns),
+        "prefill_tokens_per_turn": statistics.mean(r.prefill_tokens for r in turns),
+        "evictions": evictions,
+        "ratio_to_sequential": aggregate / sequential,
+        "sequential_decode_tok_s": sequential,
+        "sequential_median_ttft_s": statistics.median(r.ttft_s for r in alone),
+        "sequential_median_turn_s": statistics.median(r.turn_s for r in alone),
+        "sequential_prefill_tokens_per_turn": statistics.mean(r.prefill_tokens for r in alone),
+    }
 
 
 def summarize(

@@ -25,7 +25,7 @@ def run_bench(args: argparse.Namespace, paths: Paths, console: Any, *, started_a
         from aidungeon.bench.speed import speed_bench
 
         results = speed_bench(args, paths, started_at=started_at)
-        show = print_speed
+        show = print_sweep if "sweep" in results else print_speed
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -67,6 +67,38 @@ def print_speed(results: dict[str, Any], console: Any) -> None:
     ]
     for line in lines:
         console.print(line, markup=False)
+
+
+def print_sweep(results: dict[str, Any], console: Any) -> None:
+    from aidungeon.ui.terminal.render import print_table
+
+    console.print(f"{results['model']} on {results['device']} ({results['dtype']}), {results['machine']}")
+    columns = (
+        "sessions",
+        "best of",
+        "decode tok/s",
+        "per session",
+        "ttft median / p95 s",
+        "turn s",
+        "prefill/turn",
+        "evictions",
+        "vs one at a time",
+    )
+    rows = tuple(
+        (
+            str(row["concurrency"]),
+            str(row["best_of"]),
+            f"{row['aggregate_decode_tok_s']:.1f}",
+            f"{row['per_session_decode_tok_s']:.1f}",
+            f"{row['median_ttft_s']:.3f} / {row['p95_ttft_s']:.3f}",
+            f"{row['median_turn_s']:.2f}",
+            f"{row['prefill_tokens_per_turn']:.0f}",
+            str(row["evictions"]),
+            f"{row['ratio_to_sequential']:.2f}x",
+        )
+        for row in results["sweep"]
+    )
+    print_table(console, Table(f"Sessions at once, {results['turns']} turns each", columns, rows))
 
 
 def print_coherence(results: dict[str, Any], console: Any) -> None:

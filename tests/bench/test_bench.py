@@ -128,3 +128,41 @@ class _ModelWithSlowHead(torch.nn.Module):
 def test_head_bandwidth_times_the_heads_own_bytes() -> None:
     bandwidth = head_bandwidth(_ModelWithSlowHead(), repeats=2)
     assert 10**6 / 0.2 < bandwidth <= 10**6 / 0.02
+
+
+SWEEP_KEYS = {
+    "concurrency",
+    "best_of",
+    "aggregate_decode_tok_s",
+    "per_session_decode_tok_s",
+    "median_ttft_s",
+    "p95_ttft_s",
+    "median_turn_s",
+    "prefill_tokens_per_turn",
+    "evictions",
+    "ratio_to_sequential",
+}
+
+
+def test_the_sweep_reports_every_setting(trained_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = ["--concurrency", "1,2", "--best-of", "1,2"]
+    args = build_parser().parse_args(
+        ["bench", "--model", str(trained_model_dir), "--turns", "2", "--max-new-tokens", "6", *sweep]
+    )
+    results = speed_bench(args, default_paths())
+    assert capsys.readouterr().out == ""
+    settings = [(row["concurrency"], row["best_of"]) for row in results["sweep"]]
+    assert settings == [(1, 1), (2, 1), (1, 2), (2, 2)]
+    for row in results["sweep"]:
+        assert row.keys() >= SWEEP_KEYS
+        assert row["aggregate_decode_tok_s"] == pytest.approx(row["per_session_decode_tok_s"] * row["concurrency"])
+        assert 0 < row["median_ttft_s"] <= row["p95_ttft_s"] and row["ratio_to_sequential"] > 0
+        assert row["evictions"] == 0
+    json.dumps(results)
+
+
+@pytest.mark.parametrize("bad", ["0", "a,b", ""])
+def test_the_sweep_refuses_settings_that_are_not_counts(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--concurrency", bad])
+    assert "expected numbers" in capsys.readouterr().err

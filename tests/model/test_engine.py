@@ -1,7 +1,8 @@
-"""The engine on the tiny random GPT-2: cache reuse is exact, greedy is reproducible, stops and stats are right.
+"""The engine on the tiny random GPT-2, one request at a time: cache reuse is exact, greedy is
+reproducible, stops and stats are right (tests/model/test_batching.py has requests side by side).
 
 White-box where it must be: cache correctness is checked by running the engine's own prefill on a
-reused (cropped, row-selected) cache and comparing its logits with a fresh forward pass.
+reused (cropped, branch-selected) session cache and comparing its logits with a fresh forward pass.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 from aidungeon.core.config import Sampling
-from aidungeon.model.engine import CACHE_CHUNK, STATIC_CACHE_CROPS, Engine, GenerationStats, common_prefix
+from aidungeon.model.engine import Engine
 from aidungeon.model.loader import load_model
+from aidungeon.model.protocol import GenerationStats
 from aidungeon.model.sampling import MIN_NEW_TOKENS
+from aidungeon.model.sessions import CACHE_CHUNK, SessionCache, capacity, common_prefix
 from aidungeon.storage.paths import default_paths
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
@@ -41,18 +44,31 @@ def fresh_logits(engine: Engine, ids: list[int]) -> torch.Tensor:
         return engine.model(input_ids=torch.tensor([ids])).logits[:, -1, :].float()
 
 
-def prefill(engine: Engine, ids: list[int], n: int = 1) -> tuple[torch.Tensor, GenerationStats]:
-    """Run the engine's prefill alone (as `generate` does) and return its logits and stats."""
-    stats = GenerationStats(prompt_tokens=len(ids))
+def prefill(engine: Engine, ids: list[int]) -> tuple[torch.Tensor, GenerationStats, SessionCache]:
+    """Run the engine's prefill alone (as its scheduler does), then give the session its cache
+    back; return the logits, the stats and the cache."""
+    job = engine.generate(ids, GREEDY)._job
+    engine._pending.remove(job)
     with torch.inference_mode():
-        logits = engine._prefill(ids, n, True, stats, room=GREEDY.max_new_tokens)
-    return logits, stats
+        engine._prefill(job, None)
+    assert job.logits is not None and job.entry is not None
+    logits, entry = job.logits, job.entry
+    engine._release(job, keep=True)
+    return logits, job.stats, entry
+
+
+def session_cache(engine: Engine, session: str = "") -> SessionCache:
+    entry = engine.sessions.take(session)
+    assert entry is not None
+    engine.sessions.put(session, entry, in_use_bytes=0)
+    return entry
 
 
 def assert_cache_is_exact(engine: Engine, ids: list[int], reused: int) -> None:
-    logits, stats = prefill(engine, ids)
+    logits, stats, entry = prefill(engine, ids)
     assert stats.reused_tokens == reused
-    assert engine._cache.get_seq_length() == len(ids)
+    assert entry.tokens == ids and not entry.branches
+    assert int(entry.cache.get_seq_length()) == len(ids)
     torch.testing.assert_close(logits, fresh_logits(engine, ids), atol=1e-4, rtol=1e-4)
 
 
@@ -258,9 +274,8 @@ def test_real_end_token_is_known(engine, loaded) -> None:
 # -- interruptions and errors ------------------------------------------------------------------
 
 
-def test_exception_in_the_stop_rule_resets_the_cache(engine, prompt) -> None:
+def test_an_exception_in_the_stop_rule_reaches_the_reader_and_the_cache_stays_exact(engine, prompt) -> None:
     engine.generate(prompt, GREEDY).run()
-    assert engine._cache is not None
     calls = 0
 
     def interrupt(text: str) -> int | None:
@@ -274,12 +289,11 @@ def test_exception_in_the_stop_rule_resets_the_cache(engine, prompt) -> None:
     generation = engine.generate(ids, GREEDY, stop=interrupt)
     with pytest.raises(KeyboardInterrupt):
         list(generation)
-    assert engine._cache is None
-    assert engine._cached_rows == []
+    assert engine._active == []
     after = engine.generate(ids, GREEDY)
     after.run()
-    assert after.stats.reused_tokens == 0
-    assert not after.stats.cache_hit
+    # the two tokens fed before the error are in the cache too; the prompt is reused
+    assert after.stats.reused_tokens == len(ids) - 1
     reference = Engine(engine.model, engine.tokenizer, window=engine.window).generate(ids, GREEDY).run()
     assert after.candidates[0].token_ids == reference[0].token_ids
     again = engine.generate(ids, GREEDY)
@@ -319,21 +333,23 @@ def test_closing_a_stale_generation_does_not_break_a_newer_one(engine, prompt) -
     stale.close()  # e.g. garbage collection of a generation the UI stopped reading after Ctrl-C
     list(pieces)
     assert current.candidates[0].token_ids == expected[0].token_ids
-    assert engine._cache is not None
+    assert "" in engine.sessions
 
 
-def test_a_stale_generation_resumed_after_a_newer_one_refuses_to_go_on(engine, prompt) -> None:
-    stale = iter(engine.generate(prompt + engine.encode(" The"), GREEDY))
-    next(stale)
-    current = engine.generate(prompt, GREEDY)
+def test_a_generation_resumed_after_a_newer_one_on_its_session_finishes_as_alone(engine, prompt) -> None:
+    longer = prompt + engine.encode(" The")
+    alone = Engine(engine.model, engine.tokenizer, window=engine.window).generate(longer, GREEDY).run()
+    older = iter(engine.generate(longer, GREEDY))
+    next(older)
+    current = engine.generate(prompt, GREEDY)  # the session's cache is busy: this one starts afresh
     current.run()
-    with pytest.raises(RuntimeError, match="a newer generation took over the engine's cache"):
-        list(stale)
-    # the newer generation's cache survives: the same prompt again reuses all but its last token
-    again = engine.generate(prompt, GREEDY)
+    list(older)
+    assert older.gi_frame is None  # exhausted, no error
+    assert engine.generate(longer, GREEDY).run()[0].token_ids == alone[0].token_ids
+    # the session keeps the cache of the generation that finished last
+    again = engine.generate(longer, GREEDY)
     again.run()
-    assert again.stats.reused_tokens == len(prompt) - 1
-    assert again.candidates[0].token_ids == current.candidates[0].token_ids
+    assert again.stats.reused_tokens == len(longer) - 1
 
 
 def test_inference_mode_is_off_after_an_interrupted_generation(engine, prompt) -> None:
@@ -426,25 +442,23 @@ def test_common_prefix(a, b, n) -> None:
 # -- static cache capacity ----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not STATIC_CACHE_CROPS, reason="this transformers cannot crop a static cache")
 def test_static_cache_is_sized_in_chunks_and_grows_by_copy(engine, prompt) -> None:
     engine.eos_ids = set()
     engine.generate(prompt, GREEDY).run()
-    assert engine._cache.get_max_length() == CACHE_CHUNK
+    assert session_cache(engine).cache.get_max_length() == CACHE_CHUNK
     story = (prompt + engine.encode(" The goblin laughs at you and runs into the dark hall.")) * 12
     assert len(story) > CACHE_CHUNK
     # A longer story that starts with the cached tokens keeps them: the cache grows, it is not refilled.
     longer = prompt + story[: CACHE_CHUNK + 40 - len(prompt)]
-    shared = common_prefix(engine._cached_rows[0], longer)
+    shared = common_prefix(session_cache(engine).tokens, longer)
     assert shared >= len(prompt)
     assert_cache_is_exact(engine, longer, shared)
-    assert engine._cache.get_max_length() == 2 * CACHE_CHUNK
+    assert session_cache(engine).cache.get_max_length() == 2 * CACHE_CHUNK
 
 
-def test_static_cache_never_exceeds_the_window(loaded) -> None:
-    engine = Engine(loaded.model, loaded.tokenizer, window=300)
-    assert engine._capacity(1) == CACHE_CHUNK
-    assert engine._capacity(CACHE_CHUNK + 1) == 300
+def test_static_cache_never_exceeds_the_window() -> None:
+    assert capacity(1, 300) == CACHE_CHUNK
+    assert capacity(CACHE_CHUNK + 1, 300) == 300
 
 
 # -- the engine protocol -----------------------------------------------------------------------
@@ -465,7 +479,7 @@ def test_a_cancel_token_stops_between_steps_and_leaves_a_reusable_cache(engine, 
     assert result.stats.new_tokens < GREEDY.max_new_tokens
     assert result.completions[0].text.startswith(streamed) and streamed
     fed = prompt + result.completions[0].token_ids
-    after = engine.generate(fed, GREEDY)
+    after = engine.generate(fed, GREEDY, session="s")
     after.run()
     # everything fed before the cancel is still in the cache (the last sampled token never was)
     assert after.stats.reused_tokens == len(fed) - 1

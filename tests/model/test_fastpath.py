@@ -24,7 +24,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from aidungeon.core.config import Sampling
-from aidungeon.model.cpu.fastpath import Gpt2Step, LlamaStep, lean_decoder
+from aidungeon.model.cpu.fastpath import Gpt2Step, Group, LlamaStep, lean_decoder
 from aidungeon.model.cpu.packing import Int4Linear, int4_supported
 from aidungeon.model.engine import Engine
 from aidungeon.model.loader import LoadedModel, load_model
@@ -110,7 +110,7 @@ def _decode_both_ways(loaded: LoadedModel) -> tuple[list[torch.Tensor], list[tor
             token = ids[:, position]
             out = model(input_ids=token[:, None], cache=caches[0], use_cache=True)
             expected.append(out.logits[:, -1].float())
-            got.append(step(token, position, caches[1]).float())
+            got.append(step(token, [Group(caches[1], prefix=position)]).float())
     return expected, got, caches[0], caches[1]
 
 
@@ -120,7 +120,7 @@ def _assert_same_decoding(loaded: LoadedModel, *, tolerance: float) -> None:
         assert have.shape == want.shape
         torch.testing.assert_close(have, want, atol=tolerance, rtol=tolerance)
         assert torch.equal(have.argmax(-1), want.argmax(-1))
-    assert int(lean_cache.get_seq_length()) == int(reference_cache.get_seq_length()) == PREFILL + STEPS
+    assert int(reference_cache.get_seq_length()) == PREFILL + STEPS
     for mine, theirs in zip(lean_cache.layers, reference_cache.layers, strict=True):
         torch.testing.assert_close(mine.keys.float(), theirs.keys.float(), atol=tolerance, rtol=tolerance)
         torch.testing.assert_close(mine.values.float(), theirs.values.float(), atol=tolerance, rtol=tolerance)
@@ -173,7 +173,7 @@ def test_llama_4bit_projections_run_as_one_product(llama_dir: Path, tmp_path: Pa
         loaded.model(input_ids=torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
         torch._weight_int4pack_mm_for_cpu = counting
         try:
-            loaded.decoder(torch.tensor([8]), 3, cache)
+            loaded.decoder(torch.tensor([8]), [Group(cache, prefix=3)])
         finally:
             torch._weight_int4pack_mm_for_cpu = kernel
     # q/k/v stacked, o, gate/up stacked, down: 4 products a layer instead of 7, and the head.

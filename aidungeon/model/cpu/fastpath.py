@@ -1,23 +1,29 @@
-"""A lean one-token decode step for GPT-2 and Llama-family models (SmolLM2, Qwen2, Mistral) on the CPU.
+"""A lean one-token decode step for GPT-2 and Llama-family models (SmolLM2, Qwen2, Mistral) on the CPU,
+for a batch of rows that each have their own length.
 
 At one token a step, transformers' general forward costs more than the layers' kernels: mask
 building, cache bookkeeping, keyword plumbing and a module call per projection. SmolLM2 spends
 20 ms a step where its kernels take about 9. This step runs the same modules and weights with
-fewer ops:
-- one 4-bit product for q, k and v, and one for gate and up, where those layers are 4-bit;
-- attention over only the cache's used slots: a single new token attends to every earlier one,
-  so it needs no mask;
-- the cache written in place through its own `update`;
+fewer ops, and takes every decoding row of the engine in one call:
+- one product per projection for all rows; q, k and v in one 4-bit product and gate and up in
+  another, where those layers are 4-bit (decode reads every weight once, whatever the rows);
+- attention per row over only its used slots: a single new token attends to every earlier one,
+  so it needs no mask, and rows of different lengths need no padding;
+- best-of-n rows (a `Group` with a `Suffix`) share their prompt's keys and values: attention
+  over the shared prefix runs once for all n queries, over each row's own suffix separately,
+  and the two are merged by their log-sum-exps, so the prefix is never copied;
+- keys and values written in place at each row's position;
 - modules called through their bound `forward`, skipping nn.Module's hook dispatch (the
   model has no hooks; a step makes some 200 module calls).
 
-Prefill, batches (a growing cache) and other model families keep transformers' forward.
-`tests/test_fastpath.py` checks that both give the same logits.
+It does not prefill, sample or keep track of lengths (the engine does); other model families
+keep transformers' forward. `tests/model/test_fastpath.py` checks that both give the same logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -31,10 +37,63 @@ Projection = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 LLAMA_LIKE = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 
 
+@dataclass
+class Suffix:
+    """The keys and values best-of-n rows hold past their shared prefix: per layer (rows,
+    kv_heads, capacity, head_dim), row i being candidate i's own tokens."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @classmethod
+    def like(cls, cache: StaticCache, rows: int, capacity: int) -> Suffix:
+        """Room for `rows` rows of `capacity` tokens, shaped and typed as `cache`'s layers."""
+
+        def empty(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.new_zeros((rows, tensor.shape[1], capacity, tensor.shape[3]))
+
+        layers: list[Any] = list(cache.layers)
+        return cls([empty(layer.keys) for layer in layers], [empty(layer.values) for layer in layers])
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys[0].shape[0])
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
+class Group:
+    """The rows of one request in a decode step.
+
+    `cache` holds the first `prefix` positions. Without a suffix the group is one row whose new
+    token goes into `cache` at `prefix`. With one, the group is `suffix.rows` rows sharing those
+    positions; row i's later tokens are in suffix row i, and its new token goes there at `offset`."""
+
+    cache: StaticCache
+    prefix: int
+    suffix: Suffix | None = None
+    offset: int = 0
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.suffix is None else self.suffix.rows
+
+    @property
+    def position(self) -> int:
+        """The new tokens' position in the sequence (for rotary or position embeddings)."""
+        return self.prefix + (self.offset if self.suffix is not None else 0)
+
+
 class DecodeStep(Protocol):
-    def __call__(self, token: torch.Tensor, position: int, cache: StaticCache) -> torch.Tensor:
-        """Logits (1, vocab) for `token` (shape (1,)) at `position`, with `cache` holding every
-        earlier position; the token's keys and values are added to the cache."""
+    def __call__(self, tokens: torch.Tensor, groups: Sequence[Group]) -> torch.Tensor:
+        """Logits (rows, vocab) for `tokens` (rows,), one per row of `groups` in order; each
+        token's keys and values are written at its row's position."""
         ...
 
 
@@ -63,11 +122,62 @@ def _projections(layers: Sequence[torch.nn.Module]) -> Projection:
     return lambda x: [forward(x) for forward in forwards]
 
 
-def _attend(query: torch.Tensor, cache_layer: Any, position: int, scaling: float) -> torch.Tensor:
-    """Attention of one query (1, kv_heads, group, dim) over the cache's first `position + 1` slots."""
-    keys = cache_layer.keys[:, :, : position + 1]
-    values = cache_layer.values[:, :, : position + 1]
-    return F.scaled_dot_product_attention(query, keys, values, scale=scaling)
+def _positions(groups: Sequence[Group], device: torch.device) -> torch.Tensor:
+    """Each row's position, (rows,)."""
+    return torch.tensor([g.position for g in groups for _ in range(g.rows)], device=device)
+
+
+def attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: Sequence[Group], index: int, scaling: float
+) -> torch.Tensor:
+    """Write each row's key and value (rows, kv_heads, dim) into layer `index` of its group's
+    cache, then attend each row's query (rows, kv_heads, group, dim) over its used slots; returns
+    (rows, kv_heads * group * dim)."""
+    outputs = []
+    start = 0
+    for group in groups:
+        rows = slice(start, start + group.rows)
+        outputs.append(_attend_group(query[rows], key[rows], value[rows], group, index, scaling))
+        start = rows.stop
+    attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return attended.reshape(query.shape[0], -1)
+
+
+def _attend_group(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group: Group, index: int, scaling: float
+) -> torch.Tensor:
+    layer: Any = group.cache.layers[index]
+    if group.suffix is None:
+        layer.keys[0, :, group.prefix] = key[0]
+        layer.values[0, :, group.prefix] = value[0]
+        used = group.prefix + 1
+        return F.scaled_dot_product_attention(query, layer.keys[:, :, :used], layer.values[:, :, :used], scale=scaling)
+    keys, values, offset = group.suffix.keys[index], group.suffix.values[index], group.offset
+    keys[:, :, offset] = key
+    values[:, :, offset] = value
+    rows, kv_heads, per_head, dim = query.shape
+    # All rows' queries against the shared prefix in one call: (1, kv_heads, rows * group, dim).
+    stacked = query.transpose(0, 1).reshape(1, kv_heads, rows * per_head, dim)
+    shared, shared_lse = _flash(stacked, layer.keys[:, :, : group.prefix], layer.values[:, :, : group.prefix], scaling)
+    shared = shared.view(kv_heads, rows, per_head, dim).transpose(0, 1)
+    shared_lse = shared_lse.view(kv_heads, rows, per_head).transpose(0, 1)
+    own, own_lse = _flash(query, keys[:, :, : offset + 1], values[:, :, : offset + 1], scaling)
+    # Softmax over both parts = each part's softmax weighted by its share of the total mass.
+    top = torch.maximum(shared_lse, own_lse)
+    shared_weight, own_weight = (shared_lse - top).exp(), (own_lse - top).exp()
+    merged = shared.float() * shared_weight[..., None] + own.float() * own_weight[..., None]
+    return (merged / (shared_weight + own_weight)[..., None]).to(query.dtype)
+
+
+def _flash(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and the log-sum-exp of its scores (fp32), from torch's CPU flash kernel:
+    the only SDPA kernel that returns the log-sum-exp, which merging two parts needs."""
+    output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, keys, values, 0.0, False, attn_mask=None, scale=scaling
+    )[:2]
+    return output, lse
 
 
 class LlamaStep:
@@ -76,18 +186,20 @@ class LlamaStep:
         self.embed, self.rotary, self.norm, self.head = body.embed_tokens, body.rotary_emb, body.norm, model.lm_head
         self.layers = [_LlamaLayer(layer, model.config) for layer in body.layers]
 
-    def __call__(self, token: torch.Tensor, position: int, cache: StaticCache) -> torch.Tensor:
-        hidden = self.embed(token)
-        cos, sin = self.rotary(hidden, torch.tensor([[position]], device=hidden.device))
-        for layer, cache_layer in zip(self.layers, cache.layers, strict=True):
-            hidden = layer(hidden, cos[0], sin[0], cache_layer, position)
+    def __call__(self, tokens: torch.Tensor, groups: Sequence[Group]) -> torch.Tensor:
+        hidden = self.embed(tokens)
+        cos, sin = self.rotary(hidden, _positions(groups, hidden.device)[None])
+        # (rows, 1, dim): one rotation per row, shared by that row's heads.
+        cos, sin = cos[0][:, None], sin[0][:, None]
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, cos, sin, groups, index)
         return self.head(self.norm(hidden))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of heads (n, dim), as transformers' `apply_rotary_pos_emb` computes it."""
+    """Rotary embedding of heads (rows, n, dim), as transformers' `apply_rotary_pos_emb` computes it."""
     half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[:, half:], x[:, :half]), dim=-1) * sin
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 class _LlamaLayer:
@@ -102,17 +214,18 @@ class _LlamaLayer:
         self.down, self.act = mlp.down_proj.forward, mlp.act_fn.forward
 
     def __call__(
-        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_layer: Any, position: int
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, groups: Sequence[Group], index: int
     ) -> torch.Tensor:
+        rows = hidden.shape[0]
         q, k, v = self.qkv(self.input_norm(hidden))
-        # Queries and keys rotate together: (heads + kv_heads, dim).
-        rotated = _rotate(torch.cat((q, k), dim=-1).view(-1, self.head_dim), cos, sin)
-        q, k = rotated[: self.heads], rotated[self.heads :]
-        cache_layer.update(k.view(1, self.kv_heads, 1, -1), v.view(1, self.kv_heads, 1, -1))
-        # Query heads that share a key/value head sit side by side: (1, kv_heads, group, dim).
-        grouped = q.view(1, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-        attended = _attend(grouped, cache_layer, position, self.scaling)
-        hidden = hidden + self.out(attended.reshape(1, self.heads * self.head_dim))
+        # Queries and keys rotate together: (rows, heads + kv_heads, dim).
+        rotated = _rotate(torch.cat((q, k), dim=-1).view(rows, -1, self.head_dim), cos, sin)
+        q, k = rotated[:, : self.heads], rotated[:, self.heads :]
+        # Query heads that share a key/value head sit side by side: (rows, kv_heads, group, dim).
+        grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        values = v.view(rows, self.kv_heads, self.head_dim)
+        attended = attend(grouped, k, values, groups, index, self.scaling)
+        hidden = hidden + self.out(attended)
         gate, up = self.gate_up(self.post_norm(hidden))
         return hidden + self.down(self.act(gate) * up)
 
@@ -123,10 +236,10 @@ class Gpt2Step:
         self.tokens, self.positions, self.norm, self.head = body.wte, body.wpe, body.ln_f, model.lm_head
         self.layers = [_Gpt2Layer(block, model.config) for block in body.h]
 
-    def __call__(self, token: torch.Tensor, position: int, cache: StaticCache) -> torch.Tensor:
-        hidden = self.tokens(token) + self.positions.weight[position]
-        for layer, cache_layer in zip(self.layers, cache.layers, strict=True):
-            hidden = layer(hidden, cache_layer, position)
+    def __call__(self, tokens: torch.Tensor, groups: Sequence[Group]) -> torch.Tensor:
+        hidden = self.tokens(tokens) + self.positions.weight[_positions(groups, tokens.device)]
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, groups, index)
         return self.head(self.norm(hidden))
 
 
@@ -139,9 +252,9 @@ class _Gpt2Layer:
         self.qkv, self.out = attention.c_attn.forward, attention.c_proj.forward
         self.up, self.act, self.down = mlp.c_fc.forward, mlp.act.forward, mlp.c_proj.forward
 
-    def __call__(self, hidden: torch.Tensor, cache_layer: Any, position: int) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm_1(hidden)).view(3, 1, self.heads, 1, -1)
-        cache_layer.update(k, v)
-        attended = _attend(q, cache_layer, position, self.scaling)
-        hidden = hidden + self.out(attended.reshape(1, self.embed_dim))
+    def __call__(self, hidden: torch.Tensor, groups: Sequence[Group], index: int) -> torch.Tensor:
+        rows = hidden.shape[0]
+        q, k, v = self.qkv(self.norm_1(hidden)).view(rows, 3, self.heads, -1).unbind(1)
+        attended = attend(q[:, :, None], k, v, groups, index, self.scaling)
+        hidden = hidden + self.out(attended)
         return hidden + self.down(self.act(self.up(self.norm_2(hidden))))
