@@ -30,6 +30,7 @@ from aidungeon.bench import detectors
 from aidungeon.core import cleanup, guard
 from aidungeon.core.config import Config
 from aidungeon.core.errors import ConfigError
+from aidungeon.core.text import is_fragment
 from aidungeon.game.rules import RuleSet
 from aidungeon.storage.paths import Paths, default_paths
 
@@ -58,7 +59,7 @@ class Tally:
         if logprob is not None:
             self.logprobs.append(logprob)
         self.counts["hallucinated_player_turns"] += cleanup.find_player_turn(shown, player_name=player_name) is not None
-        self.counts["fragments"] += cleanup.is_fragment(shown)
+        self.counts["fragments"] += is_fragment(shown)
         self.counts["repeats"] += len(cleanup.repeated_sentences(shown, recent))
         self.counts["loops"] += guard.is_loop(shown, recent)
         self.counts["junk"] += guard.has_junk(shown)

@@ -5,9 +5,10 @@ end-of-text token and a web page after it, half a sentence where the token budge
 sentence it already wrote. Each step below cuts or repairs one of those, and `pipeline` runs them
 in a fixed order. Cutters keep what comes before the first bad spot; they never rewrite prose.
 
-Each cutter has a detector (`find_player_turn`, `find_special_token`, `find_junk`, `is_fragment`,
-`repeated_sentences`) that the cutter itself uses, so a drift scorer can ask "would this be cut,
-and where?" and get the same answer the cutter acts on. `similarity` scores near-repeats.
+Each cutter has a detector (`find_player_turn`, `find_special_token`, `find_junk`,
+`repeated_sentences`; `is_fragment` lives with the sentence rules in `core.text`) that the
+cutter uses, so a drift scorer can ask "would this be cut, and where?" and get the same answer
+the cutter acts on. `similarity` scores near-repeats.
 
 What this module does not do: tokenization, stop criteria during generation (the engine's job),
 retrying when nothing usable is left (`pipeline` returns "" and the game decides), and no I/O.
@@ -30,7 +31,6 @@ from aidungeon.core.text import (
 )
 
 # The fragment detector is one of this module's detectors (see above); its rule lives in core.text.
-from aidungeon.core.text import is_fragment as is_fragment
 
 # -- sentences (the rules are in core.text) ---------------------------------------------------
 

@@ -116,3 +116,11 @@ def is_fragment(text: str) -> bool:
 WORD_RE = re.compile(r"[\w'’]+")
 # Quoted spans are someone's words and keep their person; an unclosed quote runs to the end.
 QUOTED_RE = re.compile(r'"[^"]*"?|“[^”]*”?')
+
+
+def join_continuation(start: str, continuation: str) -> str:
+    """An unfinished sentence and the text that finishes it, with a space unless it starts with punctuation."""
+    if not start:
+        return continuation
+    continuation = continuation.lstrip()
+    return start + ("" if continuation[:1] in ",.;:!?'’”\")" else " ") + continuation

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.live import Live
 
 from aidungeon.core.progress import ProgressFn
+from aidungeon.core.text import join_continuation
 from aidungeon.game.events import Event, Table
-from aidungeon.ui.terminal.render import Renderer, join_continuation, progress_bar, split_unfinished
+from aidungeon.ui.terminal.render import Renderer, progress_bar, split_unfinished
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ import html
 import re
 from collections.abc import Callable
 
-from aidungeon.core.cleanup import is_fragment
 from aidungeon.core.errors import SaveError
 from aidungeon.core.story import Story
+from aidungeon.core.text import is_fragment, join_continuation
 
 EXPORT_FORMATS = ("md", "txt", "html")
 
@@ -46,11 +46,6 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def _join_continuation(start: str, continuation: str) -> str:
-    """An unfinished sentence and the text that finishes it: a space between, unless it starts with punctuation."""
-    return start + ("" if continuation[:1] in ",.;:!?'’”\")" else " ") + continuation
-
-
 def _blocks(story: Story) -> list[tuple[str, str]]:
     """The current branch as ("story" or "action", paragraph), oldest first, each unfinished
     sentence joined with the first paragraph of the story text that follows it."""
@@ -60,7 +55,7 @@ def _blocks(story: Story) -> list[tuple[str, str]]:
             blocks.append(("action", turn.action.strip()))
         for index, paragraph in enumerate(_paragraphs(turn.result)):
             if index == 0 and blocks and blocks[-1][0] == "story" and is_fragment(blocks[-1][1]):
-                blocks[-1] = ("story", _join_continuation(blocks[-1][1], paragraph))
+                blocks[-1] = ("story", join_continuation(blocks[-1][1], paragraph))
             else:
                 blocks.append(("story", paragraph))
     return blocks

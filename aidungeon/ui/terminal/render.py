@@ -28,7 +28,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from aidungeon.core.progress import ProgressFn
-from aidungeon.core.text import clean_text, is_fragment, split_sentences
+from aidungeon.core.text import clean_text, is_fragment, join_continuation, split_sentences
 from aidungeon.game.events import Event, EventKind, Table
 
 
@@ -39,14 +39,6 @@ def split_unfinished(text: str) -> tuple[str, str]:
         return text, ""
     unfinished = split_sentences(text)[-1]
     return text[: text.rstrip().rfind(unfinished)].rstrip(), unfinished
-
-
-def join_continuation(start: str, continuation: str) -> str:
-    """An unfinished sentence and the text that finishes it, with a space unless it starts with punctuation."""
-    if not start:
-        return continuation
-    continuation = continuation.lstrip()
-    return start + ("" if continuation[:1] in ",.;:!?'’”\")" else " ") + continuation
 
 
 STYLES = {
