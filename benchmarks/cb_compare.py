@@ -98,7 +98,13 @@ def run_transformers(manager: Any, prompts: list[list[int]], new_tokens: int) ->
 
 def _figures(wall: float, ttfts: list[float], tokens: list[list[int]]) -> dict[str, Any]:
     new = sum(len(t) for t in tokens)
-    return {"wall_s": wall, "new_tokens": new, "aggregate_tok_s": new / wall, "median_ttft_s": statistics.median(ttfts), "tokens": tokens}
+    return {
+        "wall_s": wall,
+        "new_tokens": new,
+        "aggregate_tok_s": new / wall,
+        "median_ttft_s": statistics.median(ttfts),
+        "tokens": tokens,
+    }
 
 
 def start_manager(loaded: LoadedModel, prompts: list[list[int]], new_tokens: int, concurrency: int) -> Any:

@@ -16,6 +16,7 @@ from transformers import (
 from aidungeon.core.config import Sampling
 from aidungeon.model.sampling import (
     MIN_NEW_TOKENS,
+    MinNewTokens,
     RangeRepetitionPenalty,
     VocabLimit,
     build_processors,
@@ -144,7 +145,7 @@ def kinds(processors) -> list[type]:
 def test_greedy_has_no_warpers() -> None:
     sampling = Sampling(temperature=0.0, repetition_penalty=1.15, repetition_range=512, repetition_slope=0.7)
     processors = build_processors(sampling, prompt_length=10, eos_ids=[7, 3])
-    assert kinds(processors) == [MinNewTokensLengthLogitsProcessor, RangeRepetitionPenalty]
+    assert kinds(processors) == [MinNewTokens, RangeRepetitionPenalty]
     min_new, penalty = processors
     assert min_new.prompt_length_to_skip == 10
     assert min_new.min_new_tokens == MIN_NEW_TOKENS == 4
@@ -155,15 +156,15 @@ def test_greedy_has_no_warpers() -> None:
 def test_sampling_adds_temperature_last() -> None:
     sampling = Sampling(temperature=0.8, top_k=40, top_p=0.9)
     processors = build_processors(sampling, prompt_length=3, eos_ids=[0])
-    assert kinds(processors) == [MinNewTokensLengthLogitsProcessor, RangeRepetitionPenalty, TemperatureLogitsWarper]
+    assert kinds(processors) == [MinNewTokens, RangeRepetitionPenalty, TemperatureLogitsWarper]
     assert processors[2].temperature == 0.8
 
 
 @pytest.mark.parametrize(
     ("sampling", "expected"),
     [
-        (Sampling(repetition_penalty=1.0), [MinNewTokensLengthLogitsProcessor, TemperatureLogitsWarper]),
-        (Sampling(repetition_range=0, temperature=0), [MinNewTokensLengthLogitsProcessor]),
+        (Sampling(repetition_penalty=1.0), [MinNewTokens, TemperatureLogitsWarper]),
+        (Sampling(repetition_range=0, temperature=0), [MinNewTokens]),
     ],
 )
 def test_steps_that_do_nothing_are_left_out(sampling, expected) -> None:
@@ -252,7 +253,7 @@ def test_vocab_limit_bans_ids_past_the_tokenizer() -> None:
 
 def test_vocab_limit_comes_first_when_asked_for() -> None:
     processors = build_processors(Sampling(temperature=0), prompt_length=3, eos_ids=[0], vocab_limit=5)
-    assert kinds(processors) == [VocabLimit, MinNewTokensLengthLogitsProcessor, RangeRepetitionPenalty]
+    assert kinds(processors) == [VocabLimit, MinNewTokens, RangeRepetitionPenalty]
     assert processors[0].limit == 5
 
 
@@ -260,3 +261,40 @@ def test_vocab_limit_does_not_change_its_input() -> None:
     scores = flat(1.0)
     VocabLimit(5)(ids([1]), scores)
     assert torch.equal(scores, flat(1.0))
+
+
+def _full_vocabulary_penalty(
+    penalty: RangeRepetitionPenalty, input_ids: torch.Tensor, scores: torch.Tensor
+) -> torch.Tensor:
+    """The penalty as first written: a factor for every vocabulary entry, the largest a token's
+    positions give it, then one divide-or-multiply over the whole vocabulary."""
+    recent = input_ids[:, -penalty.window :]
+    distance = torch.arange(recent.shape[1] - 1, -1, -1, dtype=scores.dtype)
+    weight = 1.0 - penalty.slope * distance / penalty.window
+    per_position = (1.0 + (penalty.penalty - 1.0) * weight).expand(recent.shape[0], -1)
+    factors = torch.ones_like(scores).scatter_reduce(1, recent, per_position, reduce="amax")
+    return torch.where(scores < 0, scores * factors, scores / factors)
+
+
+@pytest.mark.parametrize(("window", "slope"), [(512, 0.7), (16, 0.0), (5, 1.0)])
+def test_penalty_on_recent_tokens_only_equals_the_full_vocabulary_table(window: int, slope: float) -> None:
+    generator = torch.Generator().manual_seed(window)
+    # Few distinct ids, so tokens repeat at several distances; zeros and infinities included.
+    input_ids = torch.randint(0, 50, (3, 40), generator=generator)
+    scores = torch.randn(3, 300, generator=generator) * 4
+    scores[:, 0] = 0.0
+    scores[0, 1] = -float("inf")
+    penalty = RangeRepetitionPenalty(1.3, window=window, slope=slope)
+    before = scores.clone()
+    assert torch.equal(penalty(input_ids, scores), _full_vocabulary_penalty(penalty, input_ids, scores))
+    assert torch.equal(scores, before)  # pure: the input is left alone
+
+
+@pytest.mark.parametrize("generated", [0, 1, 3, 4, 9])
+def test_min_new_tokens_masks_as_transformers_does_before_and_after_the_minimum(generated: int) -> None:
+    scores = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(generated))
+    input_ids = torch.zeros((2, 5 + generated), dtype=torch.long)
+    ours = MinNewTokens(5, MIN_NEW_TOKENS, [7, 3])(input_ids, scores.clone())
+    theirs = MinNewTokensLengthLogitsProcessor(5, MIN_NEW_TOKENS, [7, 3])(input_ids, scores.clone())
+    assert torch.equal(ours, theirs)
+    assert bool(torch.isinf(ours[:, [7, 3]]).all()) == (generated < MIN_NEW_TOKENS)
