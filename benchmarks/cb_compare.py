@@ -53,6 +53,7 @@ def bench_prompts(loaded: LoadedModel, count: int, context: int) -> list[list[in
     from aidungeon.bench.speed import play_session
 
     engine = RecordingEngine.for_model(loaded)
+    assert isinstance(engine, RecordingEngine)
     engine.prompts = []
     config = Config().with_value("context_tokens", min(context, loaded.window)).with_value("seed", 1234)
     play_session(loaded, config.with_value("candidates", 1), count, reuse_cache=True, raw=False, engine=engine)
