@@ -83,9 +83,9 @@ def run_transformers(manager: Any, prompts: list[list[int]], new_tokens: int) ->
     ids = [manager.add_request(p, max_new_tokens=new_tokens, record_timestamps=True, eos_token_id=-1) for p in prompts]
     results: dict[str, Any] = {}
     while len(results) < len(ids):
-        out = manager.get_result(timeout=60)
+        out = manager.get_result(timeout=600)
         if out is None:
-            raise RuntimeError("transformers' continuous batching returned nothing for 60 s")
+            raise RuntimeError("transformers' continuous batching returned nothing for 600 s")
         if out.is_finished():
             if out.error:
                 raise RuntimeError(f"transformers' continuous batching failed: {out.error}")
@@ -147,7 +147,7 @@ def compare(loaded: LoadedModel, prompts: list[list[int]], args: argparse.Namesp
                     else:
                         runs[name].append(run_transformers(manager, batch, args.max_new_tokens))
         finally:
-            manager.stop(block=True, timeout=30)
+            manager.stop(block=True)
         rows.append(_row(concurrency, runs))
     return rows
 
