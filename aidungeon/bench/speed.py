@@ -16,6 +16,7 @@ returns results and prints nothing: the CLI shows them.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import statistics
@@ -269,6 +270,9 @@ def _play_sessions(
     # sessions on the bench's own thread also compared a fresh thread's first turns (torch
     # sets up a per-thread OpenMP team then) and read 0.88 at concurrency 1.
     threads = [threading.Thread(target=play, args=(number,)) for number in range(sessions)]
+    # The previous setting's engine, its caches and sessions are garbage in reference cycles:
+    # collected now, not by a collection that lands inside this setting's timed turns.
+    gc.collect()
     start = time.perf_counter()
     if at_once:
         for thread in threads:
