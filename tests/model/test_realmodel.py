@@ -73,6 +73,9 @@ def test_repacked_default_model_picks_the_same_next_tokens_as_fp32(default_model
     """The CPU runs the default model with its 4-bit layers repacked (when it has native bf16):
     it must still pick fp32's next token almost everywhere (dense bf16 alone: 97-98%)."""
     import torch
+    from transformers import StaticCache
+
+    from aidungeon.model.cpu.fastpath import Group
 
     if default_model.packed_layers == 0:
         pytest.skip(f"this CPU runs the default model in {default_model.dtype} , no 4-bit layers to compare")
@@ -85,8 +88,14 @@ def test_repacked_default_model_picks_the_same_next_tokens_as_fp32(default_model
         # One token at a time into the engine's cache, through the lean step that decodes in play.
         engine = Engine.for_model(default_model)
         assert engine.step is not None
-        cache = engine._new_cache(1, default_model.window)
-        picks = [engine.step(ids[:, position], position, cache).argmax(-1) for position in range(ids.shape[1])]
+        cache = StaticCache(config=default_model.model.config, max_cache_len=ids.shape[1])
+        # The first token through transformers' forward, which also lays out the static cache.
+        first = default_model.model(input_ids=ids[:, :1], use_cache=True, **{engine._cache_arg: cache})
+        picks = [first.logits[:, -1].argmax(-1)]
+        picks += [
+            engine.step(ids[:, position], [Group(cache, prefix=position)]).argmax(-1)
+            for position in range(1, ids.shape[1])
+        ]
     agreement = (torch.stack(picks, dim=1) == expected).float().mean().item()
     print(f"top-1 agreement with fp32: {agreement:.4f}")
     assert agreement >= 0.95, f"top-1 agreement with fp32 is {agreement:.3f}"
