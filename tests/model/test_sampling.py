@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -286,7 +287,8 @@ def test_penalty_on_recent_tokens_only_equals_the_full_vocabulary_table(window: 
     scores[0, 1] = -float("inf")
     penalty = RangeRepetitionPenalty(1.3, window=window, slope=slope)
     before = scores.clone()
-    assert torch.equal(penalty(input_ids, scores), _full_vocabulary_penalty(penalty, input_ids, scores))
+    got = penalty(cast(torch.LongTensor, input_ids), cast(torch.FloatTensor, scores))
+    assert torch.equal(got, _full_vocabulary_penalty(penalty, input_ids, scores))
     assert torch.equal(scores, before)  # pure: the input is left alone
 
 
@@ -294,7 +296,7 @@ def test_penalty_on_recent_tokens_only_equals_the_full_vocabulary_table(window: 
 def test_min_new_tokens_masks_as_transformers_does_before_and_after_the_minimum(generated: int) -> None:
     scores = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(generated))
     input_ids = torch.zeros((2, 5 + generated), dtype=torch.long)
-    ours = MinNewTokens(5, MIN_NEW_TOKENS, [7, 3])(input_ids, scores.clone())
+    ours = MinNewTokens(5, MIN_NEW_TOKENS, [7, 3])(cast(torch.LongTensor, input_ids), cast(torch.FloatTensor, scores))
     theirs = MinNewTokensLengthLogitsProcessor(5, MIN_NEW_TOKENS, [7, 3])(input_ids, scores.clone())
     assert torch.equal(ours, theirs)
     assert bool(torch.isinf(ours[:, [7, 3]]).all()) == (generated < MIN_NEW_TOKENS)
