@@ -73,6 +73,11 @@ def _word_set(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
 
+def _past_to_base(pairs: str) -> dict[str, str]:
+    """ "base:past base:past ..." as {past: base}."""
+    return {past: base for base, past in (pair.split(":") for pair in pairs.split())}
+
+
 def _words(text: str) -> list[str]:
     return [w.lower().replace("’", "'") for w in _WORD_RE.findall(text)]
 
@@ -165,18 +170,12 @@ _ACTS = {
 }
 # Past tenses that are deliberate acts too when the model tells them ("you fired", "you slammed",
 # "you made a hole"): any regular past is one unless it perceives, feels, knows or is a state.
-_IRREGULAR_ACTS = {
-    form: base
-    for base, form in (
-        pair.split(":")
-        for pair in (
-            "make:made bring:brought build:built buy:bought catch:caught fight:fought fly:flew hide:hid "
-            "hold:held lead:led lie:lay ride:rode send:sent set:set shoot:shot sing:sang speak:spoke "
-            "stand:stood steal:stole strike:struck swim:swam swing:swung tear:tore write:wrote wear:wore "
-            "break:broke bite:bit blow:blew dig:dug drive:drove fall:fell feed:fed beat:beat"
-        ).split()
-    )
-}
+_IRREGULAR_ACTS = _past_to_base(
+    "make:made bring:brought build:built buy:bought catch:caught fight:fought fly:flew hide:hid "
+    "hold:held lead:led lie:lay ride:rode send:sent set:set shoot:shot sing:sang speak:spoke "
+    "stand:stood steal:stole strike:struck swim:swam swing:swung tear:tore write:wrote wear:wore "
+    "break:broke bite:bit blow:blew dig:dug drive:drove fall:fell feed:fed beat:beat"
+)
 # Regular pasts that tell what you perceive, feel, know, want or are: narration, not a move.
 _NOT_ACTS = _word_set(
     "seemed appeared looked noticed realized realised recognized recognised remembered wondered wanted "
@@ -235,9 +234,9 @@ def _written_for_player(sentence: str, action: str) -> bool:
             return True
         if verb in _ACTS and not _family(_lemma(_ACTS[verb])) & wanted:
             return True
-        if _is_act_past(verb) and not _BACKGROUND_RE.search(sentence[: match.start()]):
-            if not _family(_lemma(_IRREGULAR_ACTS.get(verb, verb))) & wanted:
-                return True
+        background = _BACKGROUND_RE.search(sentence[: match.start()])
+        if _is_act_past(verb) and not background and not _family(_lemma(_IRREGULAR_ACTS.get(verb, verb))) & wanted:
+            return True
     return bool(_QUOTE_YOU_RE.search(sentence)) and not _echoes(sentence, action)
 
 
@@ -294,7 +293,7 @@ _SYNONYMS: tuple[frozenset[str], ...] = tuple(
         "exit out escape way path passage",
         "call help shout cry yell",
         "sit think ponder consider rest",
-        "strange object thing item",
+        "strange object thing item device equipment artifact",
         "bag pack put stow",
         "light glow bright shine lamp lantern",
         "knock door rap",
@@ -302,9 +301,9 @@ _SYNONYMS: tuple[frozenset[str], ...] = tuple(
         "moon sky night",
         "name called",
         "dance table",
-        "coin gold money pay give",
+        "coin gold money pay give reward",
         "sing song music sea",
-        "direction town road way map",
+        "direction town road way map village city",
         "dog pet animal",
         "steal lantern take",
         "rock window throw glass shatter",
@@ -437,7 +436,7 @@ def _has_finite_verb(words: Sequence[str]) -> bool:
             return True
         if word in _BASE_VERBS and (i == 0 or prev in _SUBJECTS or prev in ("to", "not")):
             return True
-        if prev in _SUBJECTS or word in ("never", "always", "often") and i + 1 < len(words):
+        if prev in _SUBJECTS or (word in ("never", "always", "often") and i + 1 < len(words)):
             return True
         if i >= 2 and prev not in _NOUN_CONTEXT and _third_person(word, prev):
             return True
