@@ -102,12 +102,11 @@ def print_sweep(results: dict[str, Any], console: Any) -> None:
 
 
 def print_coherence(results: dict[str, Any], console: Any) -> None:
-    from aidungeon.bench.coherence import METRICS
+    from aidungeon.bench.coherence import TABLE
     from aidungeon.ui.terminal.render import print_table
 
-    names = (*METRICS, "distinct_2", "mean_logprob", "turns")
-    rows = tuple((name, _fmt(results["guard"][name]), _fmt(results["baseline"][name])) for name in names)
-    title = f"Coherence, {results['model']} on {results['device']}: per 100 turns"
+    rows = tuple((name, _fmt(results["guard"][name]), _fmt(results["baseline"][name])) for name in TABLE)
+    title = f"Coherence, {results['model']} on {results['device']}: rates 0-1, guard counts per 100 turns"
     print_table(console, Table(title, ("measure", "guard", "baseline (AI Dungeon 2 rules)"), rows))
 
 
