@@ -7,17 +7,19 @@ one shown turn (`Shown`: the action, the text, the recent results, the player's 
 yes or no. Which of them the bench may trust is decided by the gold set (`benchmarks/gold/`,
 labelled by a person reading each turn): `evaluate` scores every detector against those labels,
 and only the ones at precision >= 0.8 and recall >= 0.7, over at least 5 labelled glitches, are
-`validated` and count in the headline, the clean-turn rate (`VALIDATED`).
+`validated` and count in the headline, the clean-turn rate (`VALIDATED`). The rules were tuned
+on the gold set's development half only; the verdict is on its held-out half.
 
 The detectors (their names are the gold set's label keys):
 
 - `first_person`: the narrator says "I", "we", "my", "our", ... outside quoted speech;
 - `plays_player`: the model writes the player's speech or moves ("You say", "you told her",
-  `"Hi," you said`, "Bob asks ...");
+  `"Hi," you said`, "Bob asks ...", "you fired an arrow" when the action was not to shoot);
 - `ignored_action`: the result shares no content word (lemma or synonym) with the action;
 - `identity_drift`: "You are <another name>", "your name is <another name>";
-- `fragment`: a sentence or line without an ending anywhere in the turn, or one that is only
-  a subordinate clause ("To find out what would be most fitting.");
+- `fragment`: a sentence or line without an ending anywhere in the turn, one that is only
+  a subordinate clause ("To find out what would be most fitting."), or a noun phrase standing
+  alone ("The White Lion.");
 - `repetition`: two sentences of the turn say nearly the same words, or a 4-word phrase repeats;
 - `player_marker`: a `>` line (the model typing the next action);
 - `junk`: web-page, markup or chat-template debris;
