@@ -1,0 +1,94 @@
+"""Fixtures for the server tests: an in-process app on the scripted engine (fast, for the API's
+behaviour), and helpers to read a turn's Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from aidungeon.core.config import Config
+from aidungeon.core.context import PLAIN
+from aidungeon.model.protocol import Request
+from aidungeon.server.app import create_app
+from aidungeon.server.db import open_database
+from aidungeon.server.games import GameModel, Games
+from aidungeon.server.limits import Limits
+from aidungeon.server.state import ServerState
+from tests.support.fake_engine import FakeEngine, FakeHandle
+
+
+class GatedEngine(FakeEngine):
+    """The scripted engine, but each streamed piece waits for `gate` (set by default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def submit(self, request: Request) -> FakeHandle:
+        handle = super().submit(request)
+        engine = self
+
+        class Gated(FakeHandle):
+            def __iter__(self) -> Iterator[str]:
+                for piece in FakeHandle.__iter__(self):
+                    yield piece
+                    engine.started.set()
+                    engine.gate.wait(timeout=30)
+
+        gated = Gated(handle.engine, handle.request, handle.texts, handle.fail)
+        gated.stats = handle.stats
+        return gated
+
+
+@dataclass
+class Server:
+    client: TestClient
+    state: ServerState
+    engine: GatedEngine
+
+    def story(self, headers: dict[str, str] | None = None, **body: str) -> str:
+        response = self.client.post("/api/stories", json=body or {"prompt": "You stand at a gate."}, headers=headers)
+        assert response.status_code == 201, response.text
+        story_id: str = response.json()["id"]
+        return story_id
+
+    def turn(self, story_id: str, text: str, headers: dict[str, str] | None = None) -> list[dict[str, object]]:
+        with self.client.stream("POST", f"/api/stories/{story_id}/turns", json={"text": text}, headers=headers) as r:
+            assert r.status_code == 200, r.read()
+            return parse_sse("".join(r.iter_text()))
+
+
+def parse_sse(body: str) -> list[dict[str, object]]:
+    """The data of each `data:` event, and {"end": True} for the closing `event: end`."""
+    events: list[dict[str, object]] = []
+    for frame in body.split("\n\n"):
+        if not frame.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
+        events.append({"end": True} if lines.get("event") == "end" else json.loads(lines["data"]))
+    return events
+
+
+def make_server(tmp_path: Path, limits: Limits | None = None) -> Server:
+    db = open_database(f"sqlite:///{tmp_path / 'server.db'}")
+    engine = GatedEngine()
+    config = Config().with_value("max_new_tokens", 16).with_value("seed", 7)
+    games = Games(db, GameModel(engine=engine, name="fake", layout=PLAIN), config)
+    state = ServerState(db=db, games=games, limits=limits or Limits())
+    return Server(TestClient(create_app(state)), state, engine)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    made = make_server(tmp_path)
+    with made.client:
+        yield made
+    made.state.db.dispose()
