@@ -20,6 +20,7 @@ from aidungeon.core.errors import SaveError
 from aidungeon.game.events import Event
 from aidungeon.server.access import Caller, caller
 from aidungeon.server.bridge import ThreadStream
+from aidungeon.server.db import ANONYMOUS
 from aidungeon.server.schemas import (
     Created,
     Line,
@@ -151,7 +152,8 @@ async def play(story_id: str, line: Line, state: State, who: Who) -> StreamingRe
     """Play one line exactly as typed in the terminal (an action, `/retry`, `/undo`, ...). The
     answer is a stream of Server-Sent Events: each `data:` is an event `{"kind", "text"}` as the
     terminal renders it, and a final `event: end` says the turn is over and saved."""
-    state.rate.take(who.key)
+    if who.owner_id != ANONYMOUS:  # the rate is per token; with tokens off the one player is local
+        state.rate.take(who.key)
     await run_in_threadpool(state.games.store(who.owner_id).row, story_id)  # 404 before anything starts
     state.games.claim(story_id)
     try:

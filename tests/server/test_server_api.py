@@ -166,12 +166,16 @@ def test_the_story_limit(tmp_path: Path) -> None:
 def test_the_rate_limit(tmp_path: Path) -> None:
     made = make_server(tmp_path, Limits(turns_per_minute=1, turn_burst=2))
     with made.client:
-        story_id = made.story()
-        made.turn(story_id, "")
-        made.turn(story_id, "wave")
-        refused = made.client.post(f"/api/stories/{story_id}/turns", json={"text": "wave again"})
+        alice = {"Authorization": f"Bearer {Players(made.state.db).add('alice')}"}
+        bob = {"Authorization": f"Bearer {Players(made.state.db).add('bob')}"}
+        story_id = made.story(headers=alice)
+        made.turn(story_id, "", headers=alice)
+        made.turn(story_id, "wave", headers=alice)
+        refused = made.client.post(f"/api/stories/{story_id}/turns", json={"text": "wave again"}, headers=alice)
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"]) >= 1
+        # The rate is each player's own.
+        made.turn(made.story(headers=bob), "", headers=bob)
 
 
 def _start_turn(made: Server, story_id: str, text: str, out: list[list[dict[str, object]]]) -> threading.Thread:
