@@ -7,6 +7,7 @@ the terminal renders. Errors are raised as the game's exceptions and mapped once
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
@@ -21,6 +22,7 @@ from aidungeon.game.events import Event
 from aidungeon.server.access import Caller, caller
 from aidungeon.server.bridge import ThreadStream
 from aidungeon.server.db import ANONYMOUS
+from aidungeon.server.games import TurnCost
 from aidungeon.server.schemas import (
     Created,
     Line,
@@ -151,7 +153,8 @@ def _import(raw: bytes, filename: str, state: ServerState, who: Caller) -> list[
 async def play(story_id: str, line: Line, state: State, who: Who) -> StreamingResponse:
     """Play one line exactly as typed in the terminal (an action, `/retry`, `/undo`, ...). The
     answer is a stream of Server-Sent Events: each `data:` is an event `{"kind", "text"}` as the
-    terminal renders it, and a final `event: end` says the turn is over and saved."""
+    terminal renders it, and a final `event: end` says the turn is over and saved; its data is what
+    the generation cost (`new_tokens`, `prefill_tokens`: zeros for a line that generated nothing)."""
     if who.owner_id != ANONYMOUS:  # the rate is per token; with tokens off the one player is local
         state.rate.take(who.key)
     await run_in_threadpool(state.games.store(who.owner_id).row, story_id)  # 404 before anything starts
@@ -161,26 +164,28 @@ async def play(story_id: str, line: Line, state: State, who: Who) -> StreamingRe
     except BaseException:
         state.games.release(story_id)
         raise
-    cancel = CancelToken()
+    cancel, cost = CancelToken(), TurnCost()
     stream: ThreadStream[Event] = ThreadStream(
         state.pool,
-        lambda: state.games.play(who.owner_id, story_id, line.text, cancel),
+        lambda: state.games.play(who.owner_id, story_id, line.text, cancel, cost),
         cancel,
         on_done=state.queue.done,
     )
     return StreamingResponse(
-        _sse(stream), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        _sse(stream, cost),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _sse(stream: ThreadStream[Event]) -> AsyncIterator[str]:
+async def _sse(stream: ThreadStream[Event], cost: TurnCost) -> AsyncIterator[str]:
     # Frames end with "\n\n" only (never "\r\n"): some clients' parsers split on "\n" alone.
     try:
         async for event in stream.items():
             yield f"data: {json.dumps(event_json(event), ensure_ascii=False)}\n\n"
     except Exception as err:  # the game raises nothing it does not turn into an event; this is a last line
         yield f"data: {json.dumps({'kind': 'error', 'text': f'the turn failed: {err}'})}\n\n"
-    yield "event: end\ndata: {}\n\n"
+    yield f"event: end\ndata: {json.dumps(dataclasses.asdict(cost))}\n\n"
 
 
 def _check_room(state: ServerState, who: Caller) -> None:

@@ -66,6 +66,14 @@ def server_dispatch(session: Session, line: str) -> Iterator[Event]:
     yield from commands.dispatch(session, line)
 
 
+@dataclass
+class TurnCost:
+    """What a turn's generation cost, sent with the end of its stream (for clients and the bench)."""
+
+    new_tokens: int = 0
+    prefill_tokens: int = 0
+
+
 class Games:
     """Every player's stories on one model."""
 
@@ -116,14 +124,21 @@ class Games:
         with self._lock:
             self._running.discard(story_id)
 
-    def play(self, owner_id: int, story_id: str, line: str, cancel: CancelToken) -> Iterator[Event]:
-        """Run one line on a story claimed by `claim`; releases the claim when done."""
+    def play(
+        self, owner_id: int, story_id: str, line: str, cancel: CancelToken, cost: TurnCost | None = None
+    ) -> Iterator[Event]:
+        """Run one line on a story claimed by `claim`; releases the claim when done. What the
+        line's generation cost, if it generated, goes into `cost`."""
         try:
             session = self.open(owner_id, story_id)
+            before = session.turns.telemetry.stats
             try:
                 yield from session.handle(line, cancel)
             finally:
                 self._keep_or_drop(story_id, owner_id, session)
+            stats = session.turns.telemetry.stats
+            if cost is not None and stats is not None and stats is not before:
+                cost.new_tokens, cost.prefill_tokens = stats.new_tokens, stats.prefill_tokens
         finally:
             self.release(story_id)
 

@@ -4,12 +4,15 @@ behaviour), and helpers to read a turn's Server-Sent Events."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from aidungeon.core.config import Config
@@ -91,4 +94,24 @@ def server(tmp_path: Path) -> Iterator[Server]:
     made = make_server(tmp_path)
     with made.client:
         yield made
+    made.state.db.dispose()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[str, Server]]:
+    """A real uvicorn server on a loopback port, in this process (so tests can hold its engine)."""
+    made = make_server(tmp_path)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(made.state), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", made
+    made.engine.gate.set()
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
     made.state.db.dispose()

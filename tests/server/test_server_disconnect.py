@@ -4,37 +4,12 @@ and the story stays whole and playable."""
 
 from __future__ import annotations
 
-import socket
-import threading
+import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
-import uvicorn
 
-from aidungeon.server.app import create_app
-from tests.server.conftest import Server, make_server
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[str, Server]]:
-    made = make_server(tmp_path)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(made.state), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", made
-    made.engine.gate.set()
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-    made.state.db.dispose()
+from tests.server.conftest import Server
 
 
 def test_a_client_that_goes_away_cancels_its_turn(live: tuple[str, Server]) -> None:
@@ -59,5 +34,7 @@ def test_a_client_that_goes_away_cancels_its_turn(live: tuple[str, Server]) -> N
         assert made.state.queue.admitted == 0
         with client.stream("POST", f"/api/stories/{story_id}/turns", json={"text": "walk"}) as response:
             body = response.read().decode()
-        assert '"kind": "result"' in body and body.endswith("event: end\ndata: {}\n\n")
+        assert '"kind": "result"' in body
+        end = body.rsplit("event: end\ndata: ", 1)[1]
+        assert end.endswith("\n\n") and json.loads(end)["new_tokens"] > 0
         assert client.get(f"/api/stories/{story_id}").json()["path"][-1]["action"] == "You walk."
