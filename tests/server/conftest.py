@@ -3,15 +3,19 @@ behaviour), and helpers to read a turn's Server-Sent Events."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from fastapi.testclient import TestClient
 
@@ -80,8 +84,39 @@ def parse_sse(body: str) -> list[dict[str, object]]:
     return events
 
 
-def make_server(tmp_path: Path, limits: Limits | None = None) -> Server:
-    db = open_database(f"sqlite:///{tmp_path / 'server.db'}")
+PG_URL = os.environ.get("AIDUNGEON_TEST_PG", "")
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL of the test PostgreSQL whose tables land in a fresh schema, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("AIDUNGEON_TEST_PG is not set (.ci/run starts a PostgreSQL and sets it)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The server database: a SQLite file, and (marked `postgres`) a schema in a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'server.db'}"
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+def make_server(tmp_path: Path, limits: Limits | None = None, db_url: str | None = None) -> Server:
+    db = open_database(db_url or f"sqlite:///{tmp_path / 'server.db'}")
     engine = GatedEngine()
     config = Config().with_value("max_new_tokens", 16).with_value("seed", 7)
     games = Games(db, GameModel(engine=engine, name="fake", layout=PLAIN), config)
@@ -90,8 +125,8 @@ def make_server(tmp_path: Path, limits: Limits | None = None) -> Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    made = make_server(tmp_path)
+def server(tmp_path: Path, db_url: str) -> Iterator[Server]:
+    made = make_server(tmp_path, db_url=db_url)
     with made.client:
         yield made
     made.state.db.dispose()

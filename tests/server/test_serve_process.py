@@ -98,10 +98,10 @@ def test_tokens_and_refusals_at_start(tmp_path: Path, trained_model_dir: Path) -
 
 
 def test_kill_9_during_twenty_players_turns_loses_at_most_the_turn_in_flight(
-    tmp_path: Path, trained_model_dir: Path
+    tmp_path: Path, trained_model_dir: Path, db_url: str
 ) -> None:
     home = tmp_path / "home"
-    server = start_serve(home, trained_model_dir, "--turns-per-minute", "1000")
+    server = start_serve(home, trained_model_dir, db=db_url)
     players = 20
     finished: dict[str, int] = {}
     ids: list[str] = []
@@ -127,7 +127,7 @@ def test_kill_9_during_twenty_players_turns_loses_at_most_the_turn_in_flight(
     server.stop(signal.SIGKILL)
     for thread in threads:
         thread.join(60)
-    again = start_serve(home, trained_model_dir)
+    again = start_serve(home, trained_model_dir, db=db_url)
     try:
         with httpx.Client(base_url=again.url, timeout=60) as client:
             for story_id in ids:

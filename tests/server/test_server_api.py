@@ -223,3 +223,17 @@ def test_two_writers_never_overwrite_each_other(server: Server) -> None:
     assert "error" not in kinds(events)
     memory = server.client.get(f"/api/stories/{story_id}").json()["memory"]
     assert "written elsewhere" in memory and "written here" in memory
+
+
+def test_out_of_memory_is_one_error_event_and_the_server_goes_on(server: Server) -> None:
+    story_id = server.story()
+    server.turn(story_id, "")
+    before = server.client.get(f"/api/stories/{story_id}").json()["path"]
+    server.engine.oom = lambda request: True
+    events = server.turn(story_id, "dig")
+    assert any(e.get("kind") == "error" and "memory" in str(e.get("text")) for e in events)
+    assert events[-1] == {"end": True}
+    server.engine.oom = None
+    assert "result" in kinds(server.turn(story_id, "dig again"))
+    after = server.client.get(f"/api/stories/{story_id}").json()["path"]
+    assert after[: len(before)] == before

@@ -3,8 +3,6 @@ schema made by the migrations, on SQLite and (when AIDUNGEON_TEST_PG is set) a r
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,31 +16,10 @@ from aidungeon.server.db import DatabaseError, open_database
 from aidungeon.server.store import DbStore, StoryConflict, StoryNotFound
 from aidungeon.storage.saves import SaveData
 
-PG_URL = os.environ.get("AIDUNGEON_TEST_PG", "")
 
-
-def _postgres() -> Iterator[Engine]:
-    if not PG_URL:
-        pytest.skip("AIDUNGEON_TEST_PG is not set (.ci/run starts a PostgreSQL and sets it)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    db = open_database(url.render_as_string(hide_password=False))
-    yield db
-    db.dispose()
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        yield from _postgres()
-        return
-    engine = open_database(f"sqlite:///{tmp_path / 'server.db'}")
+@pytest.fixture
+def db(db_url: str) -> Iterator[Engine]:
+    engine = open_database(db_url)
     yield engine
     engine.dispose()
 
