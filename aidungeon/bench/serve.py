@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from aidungeon.bench.speed import ACTIONS, OPENING
+from aidungeon.bench.speed import ACTIONS, OPENING, _int_list
 
 TTFT_LIMIT_S = 1.0
 MODES = {"batched": 64, "one at a time": 1}
@@ -38,16 +38,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--think", type=float, default=3.0, help="serve: mean seconds a player reads and types")
     parser.add_argument("--url", help="serve: a running server to drive instead of starting one")
     parser.add_argument("--token", help="serve: bearer token for --url")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected numbers of 1 or more, got {text!r}")
-    return values
 
 
 @dataclass

@@ -38,6 +38,7 @@ from aidungeon.server.store import StoryRow
 from aidungeon.storage import saves
 from aidungeon.storage.interop.exporters import export_story
 from aidungeon.storage.interop.importers import import_bytes
+from aidungeon.storage.prompts import custom_story
 
 router = APIRouter(prefix="/api", tags=["game"])
 Who = Annotated[Caller, Depends(caller)]
@@ -65,8 +66,6 @@ def create_story(body: NewStory, state: State, who: Who) -> Created:
     played yet: the first turn (an empty line) writes the story's first continuation."""
     _check_room(state, who)
     if body.prompt is not None:
-        from aidungeon.storage.prompts import custom_story
-
         story = custom_story(body.prompt)
     else:
         story = state.games.from_setting(body.setting or "", body.character or "1", body.name or "")
