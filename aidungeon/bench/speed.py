@@ -53,7 +53,9 @@ WARMUP_TURNS = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", choices=["speed", "coherence"], default="speed", help="what to measure")
+    parser.add_argument(
+        "kind", nargs="?", choices=["speed", "coherence", "serve"], default="speed", help="what to measure"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="model spec (default: the configured model)")
     source.add_argument("--random-gpt2", choices=["124M", "355M"], help="a random-weight GPT-2 of that shape")
@@ -72,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--best-of", type=_int_list, help="sweep: candidates drawn a turn, e.g. 1,2,4")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    from aidungeon.bench.serve import add_serve_arguments
+
+    add_serve_arguments(parser)
 
 
 def _int_list(text: str) -> list[int]:

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from aidungeon.bench.speed import add_arguments as add_bench_arguments
 
     add_bench_arguments(commands.add_parser("bench", help="measure speed (and coherence) on this machine"))
+    from aidungeon.cli.serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(commands.add_parser("serve", help="serve the game over HTTP to many players on one model"))
     return parser
 
 
@@ -144,6 +147,10 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         from aidungeon.cli.admin import export_save
 
         return export_save(paths, console, args.name, args.format, args.output, force=args.force)
+    if args.command == "serve":
+        from aidungeon.cli.serve import run_serve
+
+        return run_serve(args, paths, session_config(args, paths), console)
     if args.command == "bench":
         from aidungeon.cli.bench import run_bench
 
