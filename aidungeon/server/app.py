@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aidungeon import __version__
 from aidungeon.core.errors import AIDungeonError, ConfigError, ModelError, OutOfMemoryError, SaveError, StoryError
-from aidungeon.server import api
+from aidungeon.server import api, web
 from aidungeon.server.auth import PlayerError
 from aidungeon.server.db import DatabaseError
 from aidungeon.server.games import StoryBusy
@@ -68,6 +68,7 @@ def create_app(state: ServerState, *, routers: tuple[Any, ...] = ()) -> FastAPI:
     app.include_router(api.router)
     for router in routers:
         app.include_router(router)
+    app.include_router(web.router)  # the web page at /
     app.add_exception_handler(AIDungeonError, _game_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(BodyLimit, max_bytes=state.limits.max_body_bytes)
