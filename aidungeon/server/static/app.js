@@ -27,7 +27,8 @@
     historyAt: 0,
     editPrefix: "",
     settings: [],
-    turns: 0, // the shown story's turn count, as the server last said
+    turns: 0, // the shown story's turn count and last change, as the server last said
+    updatedAt: "",
   };
 
   class ApiError extends Error {
@@ -327,6 +328,7 @@
     document.title = `${detail.title} · aidungeon`;
     $("story-title").textContent = detail.title;
     state.turns = detail.turns;
+    state.updatedAt = detail.updated_at;
     const blocks = [{ kind: "opening", text: detail.opening }];
     for (const turn of detail.path) {
       if (turn.action) blocks.push({ kind: "action", text: turn.action });
@@ -363,6 +365,17 @@
         await sleep(wait);
       }
     }
+  }
+
+  // A turn cut short (stopped, or its connection dropped) still ends on the server, which then
+  // saves what it kept (the action, without a result): wait a little for that save to show.
+  async function settled(updatedBefore) {
+    let detail = await resync();
+    for (let tries = 0; tries < 40 && detail.updated_at === updatedBefore; tries++) {
+      await sleep(250);
+      detail = await resync();
+    }
+    return detail;
   }
 
   // -- a turn --------------------------------------------------------------------------------
@@ -414,8 +427,10 @@
     const controller = new AbortController();
     state.controller = controller;
     let outcome = "done";
+    let started = false;
     try {
       const response = await postTurn(line, controller.signal);
+      started = true;
       await readEvents(response, (event) => stream.handle(event));
     } catch (err) {
       if (controller.signal.aborted) outcome = "stopped";
@@ -431,7 +446,7 @@
     }
     try {
       const before = stream.turnsBefore;
-      const detail = await resync();
+      const detail = started && outcome !== "done" ? await settled(stream.updatedBefore) : await resync();
       report(outcome, typed, before, detail);
     } catch (err) {
       fail(err);
@@ -515,6 +530,7 @@
   class Stream {
     constructor(line) {
       this.turnsBefore = state.turns;
+      this.updatedBefore = state.updatedAt;
       this.box = el("div", "pending");
       $("story").append(this.box);
       this.preview = null;
