@@ -448,9 +448,7 @@ def test_a_busy_server_and_a_dropped_connection_are_retried(
             route.fallback()
             return
         refusals.append(route.request.url)
-        route.fulfill(
-            status=503, headers={"Retry-After": "1"}, json={"detail": "the server is busy; please try again"}
-        )
+        route.fulfill(status=503, headers={"Retry-After": "1"}, json={"detail": "the server is busy; please try again"})
 
     page.route("**/api/stories/*/turns", busy_once)
     page.fill("#line", "cross the ice")
