@@ -329,7 +329,8 @@ def test_sign_in_play_retry_undo_reload_and_continue(
 
     # Alter: edit the last result in place.
     page.click("#toolbar >> text=Alter")
-    expect(page.locator("#edit-form")).to_be_visible()
+    expect(page.locator("#story #edit-form")).to_be_visible()  # in place of the last result
+    expect(page.locator("#story > p[hidden]")).to_have_count(1)
     assert page.input_value("#edit-text") == kept(served, token, story_id)["path"][-1]["result"]
     page.fill("#edit-text", "The gate creaks open.")
     page.click("#edit-form button[type=submit]")

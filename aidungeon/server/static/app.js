@@ -18,6 +18,8 @@
   };
 
   const $ = (id) => document.getElementById(id);
+  // Kept by reference: while editing in place, the form stands inside the story, which re-renders.
+  const editForm = $("edit-form");
   const state = {
     token: localStorage.getItem(TOKEN_KEY) || "",
     storyId: null,
@@ -340,7 +342,9 @@
         blocks.push({ kind: "result", text: turn.result });
       }
     }
+    const editing = !editForm.hidden;
     $("story").replaceChildren(...blocks.filter((b) => b.text).map((b) => el("p", b.kind, b.text)));
+    if (editing) placeEdit();
     scrollDown();
   }
 
@@ -452,7 +456,7 @@
       fail(err);
     } finally {
       setBusy(false);
-      if (!$("edit-form").hidden) $("edit-text").focus();
+      if (!editForm.hidden) $("edit-text").focus();
       else $("line").focus();
     }
   }
@@ -659,13 +663,26 @@
   function openEdit(text, prefix) {
     state.editPrefix = prefix;
     $("edit-text").value = text;
-    $("edit-form").hidden = false;
+    editForm.hidden = false;
+    placeEdit();
     $("edit-text").focus();
   }
 
+  // Edit in place: the form stands where the last result was, which is hidden meanwhile.
+  function placeEdit() {
+    if (editForm.hidden) return;
+    const results = $("story").querySelectorAll("p.result, p.opening");
+    const last = results[results.length - 1];
+    if (!last) return;
+    last.hidden = true;
+    last.after(editForm);
+  }
+
   function closeEdit() {
-    $("edit-form").hidden = true;
+    editForm.hidden = true;
     state.editPrefix = "";
+    $("messages").after(editForm); // back home, out of the story
+    for (const node of $("story").querySelectorAll("p[hidden]")) node.hidden = false;
   }
 
   function saveEdit(event) {
@@ -683,7 +700,7 @@
     if (event.key === "Escape" && state.busy) {
       event.preventDefault();
       stop();
-    } else if (event.key === "Escape" && !$("edit-form").hidden) {
+    } else if (event.key === "Escape" && !editForm.hidden) {
       closeEdit();
       $("line").focus();
     } else if (event.altKey && ["1", "2", "3"].includes(event.key) && !$("play").hidden) {
@@ -706,7 +723,7 @@
 
   function placeholder() {
     const text = { do: "What do you do?", say: "What do you say?", story: "What happens next?" };
-    $("line").placeholder = text[currentMode()] + " (Enter alone continues)";
+    $("line").placeholder = text[currentMode()];
   }
 
   // -- wiring --------------------------------------------------------------------------------
@@ -723,7 +740,7 @@
     $("line-form").addEventListener("submit", submitLine);
     $("line").addEventListener("keydown", onLineKey);
     $("stop").addEventListener("click", stop);
-    $("edit-form").addEventListener("submit", saveEdit);
+    editForm.addEventListener("submit", saveEdit);
     $("edit-cancel").addEventListener("click", () => {
       closeEdit();
       $("line").focus();
