@@ -12,17 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.server.serve_process import ServeProcess as Served
+from tests.server.serve_process import cli, start_serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.server]
 
@@ -41,73 +40,21 @@ TURN_S = 90_000  # ms: a turn of the tiny model takes well under a second; a loa
 # -- a real server ----------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen[bytes]
-    url: str
-    home: Path
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-    def api(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "AIDUNGEON_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def add_player(home: Path, name: str) -> str:
     """`aidungeon serve users add NAME`; the token is the last word it prints."""
-    run = subprocess.run(
-        [sys.executable, "-m", "aidungeon", "serve", "users", "add", name],
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = cli(home, "serve", "users", "add", name)
     assert run.returncode == 0, run.stderr
     return run.stdout.split()[-1]
 
 
-def start_serve(home: Path, model: Path) -> Served:
-    """`aidungeon serve` on a free loopback port; returns once GET /api/health answers."""
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "serve.log"
-    command = [sys.executable, "-m", "aidungeon", "serve", "--model", str(model), "--port", "0"]
+def serve(home: Path, model: Path) -> Served:
     # The tests play faster than a person: the per-player rate limit is not what they test.
-    command += ["--turns-per-minute", "6000"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=_env(home), stdout=out, stderr=subprocess.STDOUT)
-    served = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        found = re.search(r"serving at (http://127\.0\.0\.1:\d+)/", log.read_text(errors="replace"))
-        if found and _healthy(found.group(1)):
-            served = Served(process, found.group(1), home, log)
-            break
-        time.sleep(0.2)
-    if served is None:
-        process.kill()
-        process.wait(10)
-        pytest.fail(f"aidungeon serve did not start: {log.read_text(errors='replace')}")
-    return served
+    return start_serve(home, model, "--turns-per-minute", "6000")
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+def client(served: Served, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=served.url, headers=headers, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +65,7 @@ def players(
     write sentences (the random one writes text the game's guard mostly refuses)."""
     home = tmp_path_factory.mktemp("web-home")
     tokens = {name: add_player(home, name) for name in ("alice", "bob")}
-    served = start_serve(home, trained_model_dir)
+    served = serve(home, trained_model_dir)
     try:
         yield served, tokens
     finally:
@@ -129,7 +76,7 @@ def players(
 def open_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A server with no players (so no sign-in) on the random tiny model, which streams every
     token it is allowed: long turns to stop."""
-    served = start_serve(tmp_path_factory.mktemp("web-open-home"), tiny_model_dir)
+    served = serve(tmp_path_factory.mktemp("web-open-home"), tiny_model_dir)
     try:
         yield served
     finally:
@@ -197,7 +144,7 @@ def shown(page: Page) -> list[tuple[str, str]]:
 
 
 def kept(served: Served, token: str | None, story_id: str) -> dict[str, Any]:
-    with served.api(token) as api:
+    with client(served, token) as api:
         response = api.get(f"/api/stories/{story_id}")
         assert response.status_code == 200, response.text
         detail: dict[str, Any] = response.json()
@@ -262,7 +209,7 @@ def actions(page: Page) -> list[str]:
 
 def test_the_page_is_served_with_a_strict_content_security_policy(players: tuple[Served, dict[str, str]]) -> None:
     served, _tokens = players
-    with served.api() as api:
+    with client(served) as api:
         page = api.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         policy = page.headers["content-security-policy"]
@@ -367,7 +314,7 @@ def test_stop_ends_a_turn_mid_stream(open_server: Served, chromium: Any, problem
     page.keyboard.press("Escape")
     idle(page)
     expect(page.locator("#messages")).to_contain_text("Stopped")
-    with open_server.api() as api:
+    with client(open_server) as api:
         deadline = time.monotonic() + 30
         while api.get("/api/health").json()["turns"] and time.monotonic() < deadline:
             time.sleep(0.1)
