@@ -246,6 +246,11 @@ def test_sign_in_play_retry_undo_reload_and_continue(
 
     # Three turns, one in each input mode (the last one chosen from the keyboard).
     play(page, "look around", "You look around.")
+    # Screen readers hear the action and the story text as they arrive, through a live region.
+    announced = page.locator("#announce[aria-live=polite]")
+    expect(announced).to_contain_text("You: You look around.")
+    last_result = kept(served, token, story_id)["path"][-1]["result"]
+    assert last_result.split("\n")[-1].strip() in (announced.text_content() or "")
     page.check("input[name=mode][value=say]")
     play(page, "hello there", 'You say "Hello there."')
     page.keyboard.press("Alt+3")

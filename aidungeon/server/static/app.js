@@ -193,8 +193,11 @@
   }
 
   function signOut() {
+    stop();
     state.token = "";
+    state.storyId = null;
     localStorage.removeItem(TOKEN_KEY);
+    history.replaceState(null, "", location.pathname); // the next player starts at the story list
     showSignin("");
   }
 
@@ -359,7 +362,9 @@
   async function resync() {
     for (let attempt = 1; ; attempt++) {
       try {
-        const detail = await getJson("/api/stories/" + encodeURIComponent(state.storyId));
+        const response = await request("/api/stories/" + encodeURIComponent(state.storyId));
+        const detail = await response.json();
+        notice("");
         renderStory(detail);
         return detail;
       } catch (err) {
@@ -703,9 +708,9 @@
     } else if (event.key === "Escape" && !editForm.hidden) {
       closeEdit();
       $("line").focus();
-    } else if (event.altKey && ["1", "2", "3"].includes(event.key) && !$("play").hidden) {
-      event.preventDefault();
-      const radio = document.querySelectorAll('input[name="mode"]')[Number(event.key) - 1];
+    } else if (event.altKey && ["Digit1", "Digit2", "Digit3"].includes(event.code) && !$("play").hidden) {
+      event.preventDefault(); // by code, not key: Alt+1 types "¡" on a Mac keyboard
+      const radio = document.querySelectorAll('input[name="mode"]')[Number(event.code.slice(-1)) - 1];
       radio.checked = true;
       placeholder();
       $("line").focus();
