@@ -455,6 +455,35 @@ def test_without_players_there_is_no_sign_in(open_server: Served, chromium: Any,
     assert problems == []
 
 
+def focus_by_tab(page: Page, wanted: str, key: str = "Tab", limit: int = 30) -> None:
+    """Press Tab (or Shift+Tab) until the element matching `wanted` has the focus."""
+    for _ in range(limit):
+        if page.locator(f"{wanted}:focus").count():
+            return
+        page.keyboard.press(key)
+    pytest.fail(f"{key} never reached {wanted}")
+
+
+def test_keyboard_only_play(open_server: Served, chromium: Any, problems: list[str]) -> None:
+    page = open_page(chromium, open_server.url, problems)
+    expect(page.locator("#start")).to_be_visible()
+    focus_by_tab(page, "#player-name")
+    page.keyboard.type("Kay")
+    page.keyboard.press("Enter")
+    expect(page.locator("#play")).to_be_visible()
+    idle(page)
+    expect(page.locator("#line")).to_be_focused()  # ready to type after every turn
+    page.keyboard.type("look around")
+    page.keyboard.press("Enter")
+    idle(page)
+    expect(page.locator("#line")).to_be_focused()
+    focus_by_tab(page, "#toolbar button:has-text('Help')", key="Shift+Tab")
+    page.keyboard.press("Enter")
+    idle(page)
+    expect(page.locator("#messages caption")).to_have_text("Commands")
+    assert problems == []
+
+
 @pytest.mark.parametrize("size", ["desktop", "phone"])
 def test_the_start_screen_and_a_story_fit_the_screen(
     size: str, players: tuple[Served, dict[str, str]], chromium: Any, problems: list[str], tmp_path: Path
