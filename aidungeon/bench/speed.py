@@ -74,9 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--best-of", type=_int_list, help="sweep: candidates drawn a turn, e.g. 1,2,4")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    from aidungeon.bench.serve import add_serve_arguments
-
-    add_serve_arguments(parser)
 
 
 def _int_list(text: str) -> list[int]:

@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, help="file to write (default: DATA/exports/NAME.FORMAT; - for standard output)"
     )
     exporter.add_argument("--force", action="store_true", help="replace the file if it exists")
+    from aidungeon.bench.serve import add_serve_arguments as add_bench_serve_arguments
     from aidungeon.bench.speed import add_arguments as add_bench_arguments
 
-    add_bench_arguments(commands.add_parser("bench", help="measure speed (and coherence) on this machine"))
+    bench = commands.add_parser("bench", help="measure speed, coherence or serving on this machine")
+    add_bench_arguments(bench)
+    add_bench_serve_arguments(bench)
     from aidungeon.cli.serve import add_arguments as add_serve_arguments
 
     add_serve_arguments(commands.add_parser("serve", help="serve the game over HTTP to many players on one model"))
