@@ -11,20 +11,25 @@ from __future__ import annotations
 import json
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 import uvicorn
 from fastapi.testclient import TestClient
+from schemathesis.checks import not_a_server_error
 
 from aidungeon.server.app import create_app
 from aidungeon.server.limits import Limits
 from aidungeon.server.protocols import CORS_PATHS, routers
 from aidungeon.server.protocols.raw import StopHold, fit_prompt, stop_rule
+from aidungeon.server.state import ServerState
 from tests.server.conftest import Server, make_server
 from tests.support.fake_engine import FakeEngine, scripted_text
 
@@ -335,3 +340,22 @@ def test_cors_answers_any_origin_on_these_paths_only(kobold: tuple[TestClient, S
     # The game API is not opened to other origins: a page elsewhere cannot drive your stories.
     game = client.options("/api/stories", headers=preflight)
     assert "access-control-allow-origin" not in game.headers
+
+
+# -- every protocol endpoint fuzzed from its schema -------------------------------------------
+
+_FUZZED = make_server(Path(tempfile.mkdtemp(prefix="aidungeon-protocol-fuzz-")))
+_FUZZ_APP = create_app(_FUZZED.state, routers=routers(), cors_paths=CORS_PATHS)
+# schemathesis runs the app's lifespan around each call, and its end drains the state it closes
+# over; the routes read `app.state.server`, so they get a twin that stays open.
+_FUZZ_APP.state.server = ServerState(db=_FUZZED.state.db, games=_FUZZED.state.games)
+_SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", _FUZZ_APP).include(path_regex="^/(v1|api/(v1|extra))/")
+
+
+@pytest.mark.slow
+@_SCHEMA.parametrize()
+@hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+def test_no_protocol_endpoint_answers_a_server_error(case: schemathesis.Case) -> None:
+    response = case.call()
+    case.validate_response(response, checks=[not_a_server_error])
+    assert "Traceback" not in response.text

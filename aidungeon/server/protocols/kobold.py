@@ -29,6 +29,8 @@ from pydantic import BaseModel
 from aidungeon.model.protocol import Completion, StopReason
 from aidungeon.server.access import Caller, caller
 from aidungeon.server.bridge import ThreadStream
+from aidungeon.server.db import ANONYMOUS
+from aidungeon.server.limits import Overloaded
 from aidungeon.server.protocols import raw
 from aidungeon.server.protocols.errors import shaped_route
 from aidungeon.server.protocols.kobold_schemas import (
@@ -60,7 +62,7 @@ _KINDS = {401: "unauthorized", 404: "not_found", 413: "too_large", 429: "rate_li
 
 def _render(status: int, message: str) -> dict[str, Any]:
     kind = _KINDS.get(status, "bad_input" if status < 500 else "server_error")
-    return {"detail": {"msg": BUSY if kind == "service_unavailable" else message, "type": kind}}
+    return {"detail": {"msg": message, "type": kind}}
 
 
 router = APIRouter(tags=["koboldai"], route_class=shaped_route(_render))
@@ -165,9 +167,13 @@ async def tokencount(body: Annotated[TokenCountBody, _json_body(TokenCountBody)]
 
 
 async def _start(body: GenerateBody, state: State, who: Caller, registry: raw.Generations) -> ThreadStream[Any]:
-    state.rate.take(who.key)
+    if who.owner_id != ANONYMOUS:  # as for turns: the rate is per token; without tokens the player is local
+        state.rate.take(who.key)
     job = await run_in_threadpool(_job, body, state, who)
-    return raw.start(state, registry, who, job, body.genkey or f"anon-{uuid.uuid4().hex}")
+    try:
+        return raw.start(state, registry, who, job, body.genkey or f"anon-{uuid.uuid4().hex}")
+    except Overloaded as err:
+        raise Overloaded(BUSY if not state.queue.draining else str(err)) from None
 
 
 def _job(body: GenerateBody, state: ServerState, who: Caller) -> raw.RawJob:

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from aidungeon.model.protocol import Completion, EngineProtocol, StopReason
 from aidungeon.server.access import Caller, caller
 from aidungeon.server.bridge import ThreadStream
+from aidungeon.server.db import ANONYMOUS
 from aidungeon.server.protocols import raw
 from aidungeon.server.protocols.errors import shaped_route
 from aidungeon.server.protocols.openai_schemas import (
@@ -90,7 +91,8 @@ def models(state: State, who: Who) -> ModelList:
 async def completions(body: CompletionBody, state: State, who: Who, registry: Registry) -> Response:
     """Continue `prompt`: `n` choices (the `best_of` likeliest), cut at `stop`, reproducible with
     `seed`, with each token's log-probability when `logprobs` is set; streamed when `stream`."""
-    state.rate.take(who.key)
+    if who.owner_id != ANONYMOUS:  # as for turns: the rate is per token; without tokens the player is local
+        state.rate.take(who.key)
     ask = await run_in_threadpool(_read, body, state, who)
     stream = raw.start(state, registry, who, ask.job, f"openai-{uuid.uuid4().hex}")
     if body.stream:
