@@ -287,6 +287,17 @@ def test_a_stream_whose_client_goes_away_is_aborted(live: tuple[str, Server]) ->
     assert _wait(lambda: made.state.queue.admitted == 0)
 
 
+def test_a_generate_whose_client_times_out_is_aborted(live: tuple[str, Server]) -> None:
+    url, made = live
+    made.engine.gate.clear()
+    with httpx.Client(base_url=url, timeout=1) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/api/v1/generate", json={"prompt": "A cave."})
+    # Not streaming, yet the server notices the closed connection and cancels the generation.
+    assert _wait(lambda: made.engine.requests[-1].cancel.is_set())
+    made.engine.gate.set()
+    assert _wait(lambda: made.state.queue.admitted == 0)
+
+
 def test_a_full_queue_answers_503_in_koboldcpps_shape(tmp_path: Path) -> None:
     made = make_server(tmp_path, Limits(max_running=1, max_waiting=1))
     with kobold_app(made) as client:

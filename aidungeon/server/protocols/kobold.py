@@ -129,10 +129,10 @@ def max_length(state: State) -> ResultValue:
 
 @router.post("/api/v1/generate", response_model=GenerateAnswer, openapi_extra=_documented(GenerateBody))
 @router.post("/api/latest/generate", response_model=GenerateAnswer, include_in_schema=False)
-async def generate(body: Generate, state: State, who: Who, registry: Registry) -> GenerateAnswer:
+async def generate(body: Generate, request: Request, state: State, who: Who, registry: Registry) -> GenerateAnswer:
     """Continue `prompt` (after `memory`); the whole text comes at the end. An abort by genkey
-    ends it early with the text so far."""
-    finished = await raw.collect(await _start(body, state, who, registry))
+    ends it early with the text so far; a client that goes away aborts it."""
+    finished = await raw.collect(await _start(body, state, who, registry), request)
     first = finished.result.completions[0]
     return GenerateAnswer(results=[KoboldResult(text=first.text, finish_reason=_reason(first))])
 

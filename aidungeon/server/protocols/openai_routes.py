@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -88,7 +88,7 @@ def models(state: State, who: Who) -> ModelList:
     response_model=None,
     responses={200: {"model": CompletionAnswer, "content": {"text/event-stream": {}}}},
 )
-async def completions(body: CompletionBody, state: State, who: Who, registry: Registry) -> Response:
+async def completions(body: CompletionBody, request: Request, state: State, who: Who, registry: Registry) -> Response:
     """Continue `prompt`: `n` choices (the `best_of` likeliest), cut at `stop`, reproducible with
     `seed`, with each token's log-probability when `logprobs` is set; streamed when `stream`."""
     if who.owner_id != ANONYMOUS:  # as for turns: the rate is per token; without tokens the player is local
@@ -98,7 +98,7 @@ async def completions(body: CompletionBody, state: State, who: Who, registry: Re
     if body.stream:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(_chunks(stream, ask, state), media_type="text/event-stream", headers=headers)
-    finished = await raw.collect(stream)
+    finished = await raw.collect(stream, request)
     answer = await run_in_threadpool(_answer, ask, finished, state.games.model.engine)
     return JSONResponse(answer.model_dump())
 

@@ -17,6 +17,7 @@ It knows no protocol's wire format, and plays no story.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from aidungeon.server.state import ServerState
 
 # The engine's (and the game's) longest continuation; longer asks are clamped to it.
 MAX_NEW_TOKENS = 1024
+# How often an answer that does not stream checks that its client is still there.
+DISCONNECT_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,22 @@ def generate(engine: EngineProtocol, job: RawJob, cancel: CancelToken) -> Iterat
     yield Finished(result, hold.finish(result.completions[0].text))
 
 
-async def collect(stream: ThreadStream[str | Finished]) -> Finished:
-    """The end of a generation, for answers that do not stream (read to the end of the stream)."""
+async def collect(stream: ThreadStream[str | Finished], request: HttpRequest) -> Finished:
+    """The end of a generation, for answers that do not stream. A client that goes away before it
+    (an HTTP client's timeout, a closed tab) cancels the generation, as a streaming one does, so
+    it does not hold its place in the queue to the end."""
+    reading = asyncio.ensure_future(_last(stream))
+    try:
+        while not reading.done():
+            await asyncio.wait({reading}, timeout=DISCONNECT_POLL_S)
+            if not reading.done() and await request.is_disconnected():
+                stream.cancel.set()
+        return reading.result()
+    finally:
+        reading.cancel()  # only matters when this handler itself is cancelled
+
+
+async def _last(stream: ThreadStream[str | Finished]) -> Finished:
     finished = None
     async for item in stream.items():
         if isinstance(item, Finished):
