@@ -78,11 +78,13 @@ def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     db.dispose()
 
 
+@pytest.mark.slow  # the tiny real model behind a real server
 def test_the_client_lists_the_one_model(live: Live) -> None:
     (model,) = live.client().models.list().data
     assert model.id == "tiny" and model.object == "model"
 
 
+@pytest.mark.slow  # the tiny real model behind a real server
 def test_a_seed_reproduces_the_choices_and_n_draws_several(live: Live) -> None:
     client = live.client()
     ask = {"model": "tiny", "prompt": PROMPT, "max_tokens": 12, "temperature": 0.9, "n": 3}
@@ -98,6 +100,7 @@ def test_a_seed_reproduces_the_choices_and_n_draws_several(live: Live) -> None:
     assert first.object == "text_completion" and first.model == "tiny"
 
 
+@pytest.mark.slow  # the tiny real model behind a real server
 def test_logprobs_are_the_models_own_for_each_token(live: Live) -> None:
     import torch
 
@@ -128,6 +131,7 @@ def test_logprobs_are_the_models_own_for_each_token(live: Live) -> None:
     assert logprobs.top_logprobs == [{t: v} for t, v in zip(tokens, values, strict=True)]
 
 
+@pytest.mark.slow  # the tiny real model behind a real server
 def test_a_stop_sequence_cuts_the_text_where_it_starts(live: Live) -> None:
     client = live.client()
     ask = {"model": "tiny", "prompt": PROMPT, "max_tokens": 24, "temperature": 0, "user": "stops"}
@@ -140,6 +144,7 @@ def test_a_stop_sequence_cuts_the_text_where_it_starts(live: Live) -> None:
     assert kept.choices[0].text == full[: full.find(stop) + len(stop)]
 
 
+@pytest.mark.slow  # the tiny real model behind a real server
 def test_streaming_gives_the_same_text_piece_by_piece(live: Live) -> None:
     client = live.client()
     ask = {"model": "tiny", "prompt": PROMPT, "max_tokens": 16, "temperature": 0.8, "seed": 3}
@@ -152,6 +157,7 @@ def test_streaming_gives_the_same_text_piece_by_piece(live: Live) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+@pytest.mark.slow  # the tiny real model behind a real server
 def test_a_prompt_longer_than_the_window_is_refused_in_openais_shape(live: Live) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         live.client().completions.create(model="tiny", prompt="the cave " * 2000, max_tokens=16)
