@@ -2,8 +2,10 @@
 
 Field names, defaults and shapes follow koboldcpp (see ../shared/SERVING.md). Unknown fields
 are ignored, never refused, as KoboldAI clients send many samplers this server lacks (min_p,
-typical, tfs, mirostat, DRY, grammar, ...). Out-of-range values are clamped into the engine's
-ranges rather than refused, as koboldcpp does. It holds no route.
+typical, tfs, mirostat, DRY, grammar, use_default_badwordsids, ...). Out-of-range values are
+clamped into the engine's ranges rather than refused, as koboldcpp does. `rep_pen_slope` maps
+onto the game's own slope (0 a flat penalty, 1 fading to nothing at the range's far end), which
+is linear where KoboldAI's curve is not. It holds no route.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ It knows no protocol's wire format, and plays no story.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from aidungeon.server.access import Caller
 from aidungeon.server.bridge import ThreadStream
 from aidungeon.server.protocols.errors import ProtocolError
 from aidungeon.server.state import ServerState
+
+log = logging.getLogger(__name__)
 
 # The engine's (and the game's) longest continuation; longer asks are clamped to it.
 MAX_NEW_TOKENS = 1024
@@ -139,7 +142,10 @@ class StopHold:
     def finish(self, final: str) -> str:
         """What is left to show of `final`, the completion as the engine cut it."""
         shown = self.text[: self.sent]
-        return final[len(shown) :] if final.startswith(shown) else ""
+        if not final.startswith(shown):  # the pieces and the final text disagree: show nothing twice
+            log.warning("streamed text %r is not a prefix of the completion %r", shown[-40:], final[-40:])
+            return ""
+        return final[len(shown) :]
 
     def _held(self) -> int:
         longest = 0
