@@ -90,6 +90,7 @@ def _build_app(args: argparse.Namespace, paths: Paths, config: Config, db: Any, 
     from aidungeon.server.app import create_app
     from aidungeon.server.games import GameModel, Games
     from aidungeon.server.limits import Limits
+    from aidungeon.server.protocols import CORS_PATHS, routers
     from aidungeon.server.state import ServerState
 
     try:
@@ -105,7 +106,8 @@ def _build_app(args: argparse.Namespace, paths: Paths, config: Config, db: Any, 
     loaded = _load_model(config, spec, paths, console)
     model = GameModel(engine=Engine.for_model(loaded), name=spec, layout=loaded.layout)
     games = Games(db, model, config, stories_dir=paths.stories_dir)
-    return create_app(ServerState(db=db, games=games, limits=limits))
+    # The KoboldAI and OpenAI APIs beside the game API, on the same engine, queue and tokens.
+    return create_app(ServerState(db=db, games=games, limits=limits), routers=routers(), cors_paths=CORS_PATHS)
 
 
 def _is_loopback(host: str) -> bool:

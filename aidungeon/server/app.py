@@ -48,8 +48,10 @@ _STATUS: tuple[tuple[type[AIDungeonError], int], ...] = (
 )
 
 
-def create_app(state: ServerState, *, routers: tuple[Any, ...] = ()) -> FastAPI:
-    """The app for `state`; extra routers (the community protocols) are mounted beside the game API."""
+def create_app(state: ServerState, *, routers: tuple[Any, ...] = (), cors_paths: tuple[str, ...] = ()) -> FastAPI:
+    """The app for `state`; extra routers (the community protocols) are mounted beside the game API.
+    Paths starting with one of `cors_paths` answer browsers of any origin (KoboldAI Lite served
+    from elsewhere needs it); the game API's paths never do."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +74,10 @@ def create_app(state: ServerState, *, routers: tuple[Any, ...] = ()) -> FastAPI:
     app.add_exception_handler(AIDungeonError, _game_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(BodyLimit, max_bytes=state.limits.max_body_bytes)
+    if cors_paths:
+        from aidungeon.server.protocols.cors import PathCORS
+
+        app.add_middleware(PathCORS, prefixes=cors_paths)  # outermost: its headers reach every answer
 
     @app.get("/api/health", tags=["server"])
     def health() -> dict[str, object]:
@@ -86,8 +92,13 @@ def create_app(state: ServerState, *, routers: tuple[Any, ...] = ()) -> FastAPI:
     return app
 
 
+def status_for(err: AIDungeonError) -> int:
+    """The HTTP status of one of the game's errors (400 when nothing more specific fits)."""
+    return next((code for kind, code in _STATUS if isinstance(err, kind)), 400)
+
+
 async def _game_error(request: Request, err: AIDungeonError) -> JSONResponse:
-    status = next((code for kind, code in _STATUS if isinstance(err, kind)), 400)
+    status = status_for(err)
     headers = {}
     if isinstance(err, RateLimited):
         headers["Retry-After"] = str(max(1, round(err.retry_after)))
