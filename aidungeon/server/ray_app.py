@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,7 @@ class Engine:
         # flight keeps the replica's event loop free and lets the requests batch together.
         self._pool = ThreadPoolExecutor(max_workers=ENGINE_MAX_ONGOING, thread_name_prefix="engine")
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.pid = os.getpid()
 
     def describe(self) -> dict[str, Any]:
         """What a game API replica needs to build prompts: window, device, layout and the tokenizer."""
@@ -78,7 +80,7 @@ class Engine:
         }
 
     async def generate(self, wire: Wire) -> AsyncIterator[dict[str, Any]]:
-        """Stream `{"piece": text}` messages, then `{"result": ..., "replica": id}`."""
+        """Stream `{"piece": text}` messages, then `{"result": ..., "replica": id, "pid": pid}`."""
         cancel = CancelToken()
         generation = self.engine.submit(request_from_wire(wire, cancel))
         pieces: Iterator[str] = iter(generation)
@@ -89,7 +91,7 @@ class Engine:
         finally:
             # Also reached when the caller cancels or is gone: the job stops at its next step.
             cancel.set()
-        yield {"result": result_to_wire(generation.result()), "replica": self.replica}
+        yield {"result": result_to_wire(generation.result()), "replica": self.replica, "pid": self.pid}
 
 
 @serve.deployment(name="GameAPI", num_replicas=2, max_ongoing_requests=256, health_check_period_s=2)
