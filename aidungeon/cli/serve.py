@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-waiting", type=int, default=64, help="turns waiting beyond those; more get 503")
     parser.add_argument("--max-stories", type=int, default=200, help="stories one player may keep")
     parser.add_argument("--turns-per-minute", type=float, default=30.0, help="each player's turn rate")
+    parser.add_argument(
+        "--ray",
+        metavar="CONFIG.yaml",
+        help='serve on a Ray cluster from a Serve config (pip install "aidungeon[scale]"); other options are ignored',
+    )
     commands = parser.add_subparsers(dest="serve_command", metavar="users")
     users = commands.add_parser("users", help="add, list or remove players (each gets a bearer token)")
     users.add_argument("action", choices=["add", "list", "rm"])
@@ -34,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace, paths: Paths, config: Config, console: Any) -> int:
+    if args.ray and args.serve_command is None:
+        return _serve_ray(args.ray, console)
     from aidungeon.server.db import default_url, open_database
 
     url = args.db or default_url(paths.ensure(paths.data_dir))
@@ -44,6 +51,22 @@ def run_serve(args: argparse.Namespace, paths: Paths, config: Config, console: A
         return _serve(args, paths, config, db, console)
     finally:
         db.dispose()
+
+
+def _serve_ray(config: str, console: Any) -> int:
+    """The Ray Serve app (aidungeon/server/ray_app.py) from a config, until Ctrl-C."""
+    from pathlib import Path
+
+    try:
+        from aidungeon.server.ray_app import serve_config
+    except ImportError:
+        raise ConfigError('--ray needs Ray Serve: pip install "aidungeon[scale]"') from None
+
+    def announce(url: str) -> None:
+        console.print(f"aidungeon is serving on Ray at {url}/ (Ctrl-C stops it)", markup=False)
+
+    serve_config(Path(config), announce)
+    return 0
 
 
 def _users(db: Any, action: str, name: str | None, console: Any) -> int:

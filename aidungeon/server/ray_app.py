@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,8 @@ _END = object()
         min_replicas=1, max_replicas=4, target_ongoing_requests=8, upscale_delay_s=5, downscale_delay_s=60
     ),
     request_router_config=RequestRouterConfig(
-        request_router_class="aidungeon.server.scale.routing:StoryAffinityRouter",
+        # An import path, as a YAML config gives it (Ray accepts a path or a class; its stub says dict).
+        request_router_class="aidungeon.server.scale.routing:StoryAffinityRouter",  # type: ignore[arg-type]
         request_router_kwargs={"imbalance": 8},
     ),
     health_check_period_s=2,
@@ -99,7 +102,10 @@ class Engine:
 class GameAPI:
     """`aidungeon serve`'s FastAPI app on a RayEngine; all replicas share one database URL."""
 
-    async def __init__(self, engine: DeploymentHandle, db: str, limits: dict[str, Any] | None = None) -> None:
+    # Async, as Ray's ingress wrapper requires: it awaits the engine's description.
+    async def __init__(  # type: ignore[misc]
+        self, engine: DeploymentHandle[Any], db: str, limits: dict[str, Any] | None = None
+    ) -> None:
         from aidungeon.server.app import create_app
         from aidungeon.server.db import open_database
         from aidungeon.server.games import GameModel, Games
@@ -128,8 +134,11 @@ def build_app(args: dict[str, Any]) -> Any:
     if not args.get("model") or not args.get("db"):
         raise ConfigError("the Ray app needs args `model` (a model spec) and `db` (a database URL)")
     _migrate_once(str(args["db"]))
-    engine = Engine.bind(str(args["model"]), str(args.get("device", "auto")), str(args.get("dtype", "auto")))
-    return GameAPI.bind(engine, str(args["db"]), args.get("limits"))
+    # `serve.deployment` turns each class into a Deployment; mypy still sees the class.
+    engine = Engine.bind(  # type: ignore[attr-defined]
+        str(args["model"]), str(args.get("device", "auto")), str(args.get("dtype", "auto"))
+    )
+    return GameAPI.bind(engine, str(args["db"]), args.get("limits"))  # type: ignore[attr-defined]
 
 
 def _migrate_once(url: str) -> None:
@@ -141,18 +150,44 @@ def _migrate_once(url: str) -> None:
     open_database(url).dispose()
 
 
+def serve_config(path: Path, announce: Callable[[str], None]) -> None:
+    """`aidungeon serve --ray PATH`: connect to the cluster at RAY_ADDRESS (or start a local one),
+    deploy the config, announce the address, and serve until Ctrl-C or SIGTERM; then shut Serve
+    and this Ray connection down, as `serve run` does."""
+    import ray
+
+    _read_config(path)  # a bad file is one clear line before anything starts
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        announce(deploy_config(path))
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def _read_config(path: Path) -> Any:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot use the Serve config {path}: {str(err).splitlines()[0]}") from None
+
+
 def deploy_config(path: Path, *, wait_s: float = 600) -> str:
     """Deploy every application of a Serve config file on the connected cluster, as `serve run
     CONFIG.yaml` does, and wait until they run; returns the HTTP address. Ray's public API deploys
     a config only through its CLI or dashboard, so this uses the same client call the CLI makes."""
-    import yaml
     from ray.serve._private import api as serve_private
-    from ray.serve.schema import ServeDeploySchema
 
-    try:
-        config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot use the Serve config {path}: {str(err).splitlines()[0]}") from None
+    config = _read_config(path)
     client = serve_private.serve_start(
         http_options=config.http_options.model_dump(), proxy_location=config.proxy_location
     )

@@ -31,12 +31,12 @@ import sqlalchemy as sa
 
 pytest.importorskip("ray.serve", reason='ray[serve] is not installed (pip install "aidungeon[scale]")')
 
-import ray  # noqa: E402  (after the skip)
-import yaml  # noqa: E402  (ray[serve] brings it)
-from ray import serve  # noqa: E402
+import ray
+import yaml
+from ray import serve
 
-from aidungeon.core.config import Sampling  # noqa: E402
-from aidungeon.server.scale.wire import request_to_wire, result_from_wire  # noqa: E402
+from aidungeon.core.config import Sampling
+from aidungeon.server.scale.wire import request_to_wire, result_from_wire
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -148,8 +148,9 @@ def cluster(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def _engine_replicas(*states: str) -> int:
     """Engine replicas in these states (default: every state but stopping)."""
     counts = serve.status().applications["aidungeon"].deployments["Engine"].replica_states
+    by_name = {getattr(state, "value", str(state)): int(n) for state, n in counts.items()}
     wanted = states or ("STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION")
-    return sum(int(counts.get(state, 0)) for state in wanted)
+    return sum(by_name.get(state, 0) for state in wanted)
 
 
 def _retried_turns(logs: Path) -> int:

@@ -29,7 +29,9 @@ def request_to_wire(request: Request) -> Wire:
         "prompt_ids": list(request.prompt_ids),
         "sampling": dataclasses.asdict(request.sampling),
         "n": request.n,
-        "stop": cloudpickle.dumps(request.stop) if request.stop is not None else None,
+        "stop": cloudpickle.dumps(request.stop)  # type: ignore[no-untyped-call]
+        if request.stop is not None
+        else None,
         "seed": request.seed,
         "reuse_cache": request.reuse_cache,
     }
@@ -59,7 +61,12 @@ def session_of(wire: object) -> str | None:
 def result_to_wire(result: Result) -> Wire:
     return {
         "completions": [
-            {"text": c.text, "token_ids": list(c.token_ids), "mean_logprob": c.mean_logprob, "stop": c.stop_reason.value}
+            {
+                "text": c.text,
+                "token_ids": list(c.token_ids),
+                "mean_logprob": c.mean_logprob,
+                "stop": c.stop_reason.value,
+            }
             for c in result.completions
         ],
         "stats": dataclasses.asdict(result.stats),
