@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ from ray import serve
 from aidungeon.core.config import Sampling
 from aidungeon.server.scale.wire import request_to_wire, result_from_wire
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = REPO / "aidungeon" / "server" / "scale" / "local.yaml"
@@ -180,6 +181,51 @@ def _generate(handle: Any, session: str, ids: list[int]) -> dict[str, Any]:
     return last
 
 
+def test_a_request_crosses_the_wire_with_its_stop_rule_and_comes_back_as_a_result() -> None:
+    from aidungeon.core.cancel import CancelToken
+    from aidungeon.game.rules import GuardRules
+    from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason
+    from aidungeon.server.scale.wire import request_from_wire, result_to_wire
+
+    rule = GuardRules().stop_rule("Ada")
+    sent = Request("s1", (5, 6, 7), Sampling(temperature=0.5), CancelToken(), n=2, stop=rule, seed=9)
+    wire = pickle.loads(pickle.dumps(request_to_wire(sent)))  # plain data: it survives any pickler
+    cancel = CancelToken()
+    got = request_from_wire(wire, cancel)
+    assert (got.session, got.prompt_ids, got.sampling, got.n, got.seed) == ("s1", (5, 6, 7), sent.sampling, 2, 9)
+    assert got.cancel is cancel and got.stop is not None
+    text = "The door opens.\n> You walk in."
+    assert got.stop(text) == rule(text) is not None  # the rebuilt rule cuts where the game's does
+    assert got.stop("The door opens.") is None
+    result = Result([Completion("a", [1, 2], -0.5, StopReason.STOP)], GenerationStats(prompt_tokens=3, reused_tokens=2))
+    assert result_from_wire(pickle.loads(pickle.dumps(result_to_wire(result)))) == result
+
+
+def test_a_new_replica_takes_over_only_the_stories_it_becomes_home_to() -> None:
+    from aidungeon.server.scale.routing import home_order
+
+    @dataclass(frozen=True)
+    class Id:
+        unique_id: str
+
+    @dataclass(frozen=True)
+    class Replica:
+        replica_id: Id
+
+    two = [Replica(Id("aaaa")), Replica(Id("bbbb"))]
+    three = [*two, Replica(Id("cccc"))]
+    stories = [f"story-{n}" for n in range(300)]
+    before = {s: home_order(s, two)[0] for s in stories}  # type: ignore[arg-type]
+    after = {s: home_order(s, three)[0] for s in stories}  # type: ignore[arg-type]
+    moved = [s for s in stories if before[s] != after[s]]
+    assert all(after[s] == three[2] for s in moved)  # nothing moves between the old replicas
+    assert 60 < len(moved) < 140  # about a third move to the new one
+    assert sum(after[s] == two[0] for s in stories) > 60  # and the rest stay spread
+    backwards = list(reversed(two))
+    assert before == {s: home_order(s, backwards)[0] for s in stories}  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
 def test_a_storys_engine_calls_stay_on_one_replica_and_reuse_its_cache(cluster: Cluster) -> None:
     handle = serve.get_deployment_handle("Engine", app_name="aidungeon")
     info = handle.describe.remote().result()
@@ -238,6 +284,7 @@ def _play(url: str, player: Player, number: int, stop: threading.Event) -> None:
             player.shown.extend(results)
 
 
+@pytest.mark.slow
 def test_players_under_load_scale_up_survive_a_killed_engine_and_scale_down(cluster: Cluster) -> None:
     handle = serve.get_deployment_handle("Engine", app_name="aidungeon")
     assert _engine_replicas("RUNNING") == _engine_replicas() == 2
