@@ -44,7 +44,7 @@ DEFAULT_ROUTER = "ray.serve._private.request_router:PowerOfTwoChoicesRequestRout
 LINES = ("look around", "open the door", "say hello", "walk north", "take the lamp")
 
 
-def _p(values: list[float], q: float) -> float:
+def _p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else (values[0] if values else 0.0)
 
 
@@ -125,9 +125,7 @@ def main() -> None:
         ttft: list[float] = []
         turn_s: list[float] = []
         until = time.monotonic() + args.seconds
-        threads = [
-            threading.Thread(target=_player, args=(url, n, until, ttft, turn_s)) for n in range(args.players)
-        ]
+        threads = [threading.Thread(target=_player, args=(url, n, until, ttft, turn_s)) for n in range(args.players)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -135,7 +133,9 @@ def main() -> None:
         handle = serve.get_deployment_handle("Engine", app_name="aidungeon")
         tokenizer = handle.describe.remote().result()["tokenizer"]
         with ThreadPoolExecutor(args.players) as pool:
-            prefills = [p for ps in pool.map(lambda n: _story_calls(handle, tokenizer, n), range(args.players)) for p in ps]
+            prefills = [
+                p for ps in pool.map(lambda n: _story_calls(handle, tokenizer, n), range(args.players)) for p in ps
+            ]
         print(
             json.dumps(
                 report := {
