@@ -110,6 +110,7 @@ class GameAPI:
         from aidungeon.server.db import open_database
         from aidungeon.server.games import GameModel, Games
         from aidungeon.server.limits import Limits
+        from aidungeon.server.protocols import CORS_PATHS, routers
         from aidungeon.server.scale.remote_engine import RayEngine
         from aidungeon.server.state import ServerState
         from aidungeon.storage.config_file import load_config
@@ -122,7 +123,9 @@ class GameAPI:
         model = GameModel(engine=self.engine, name=info["name"], layout=info["layout"])
         self.db = open_database(db)
         games = Games(self.db, model, config, stories_dir=paths.stories_dir)
-        self._app = create_app(ServerState(db=self.db, games=games, limits=Limits(**(limits or {}))))
+        state = ServerState(db=self.db, games=games, limits=Limits(**(limits or {})))
+        # The KoboldAI and OpenAI APIs beside the game API, as `aidungeon serve` mounts them.
+        self._app = create_app(state, routers=routers(), cors_paths=CORS_PATHS)
 
     def __serve_build_asgi_app__(self) -> Any:
         return self._app

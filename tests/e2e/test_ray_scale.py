@@ -244,6 +244,15 @@ def test_a_storys_engine_calls_stay_on_one_replica_and_reuse_its_cache(cluster: 
     assert len(replicas) >= 2, "8 stories all homed on one replica: the routing spreads nothing"
 
 
+@pytest.mark.slow
+def test_the_kobold_and_openai_apis_answer_through_the_cluster(cluster: Cluster) -> None:
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        assert client.get("/api/v1/model").json()["result"]
+        answer = client.post("/v1/completions", json={"prompt": "You enter the cave.", "max_tokens": 8, "stop": ["\n"]})
+        assert answer.status_code == 200, answer.text
+        assert isinstance(answer.json()["choices"][0]["text"], str)
+
+
 def _events(body: str) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for frame in body.split("\n\n"):
