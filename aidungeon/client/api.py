@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 
+from aidungeon.client.sse import END, FrameReader, StreamError, event_from_json, parse_data
 from aidungeon.core.cancel import CancelToken
 from aidungeon.core.errors import AIDungeonError
 from aidungeon.game.events import Event, EventKind
-from aidungeon.client.sse import END, FrameReader, StreamError, event_from_json, parse_data
 
 # The longest Retry-After honoured by waiting: beyond it the player is told to come back instead.
 MAX_RETRY_WAIT_S = 10.0
@@ -210,11 +210,15 @@ class GameAPI:
             request = self._http.build_request(method, path, **kwargs)
             return self._http.send(request, stream=stream)
         except httpx.ConnectError:
-            raise ServerGone(f"cannot reach the server at {self.url}: is it running? (the next line tries again)") from None
+            raise ServerGone(
+                f"cannot reach the server at {self.url}: is it running? (the next line tries again)"
+            ) from None
         except httpx.TimeoutException:
             raise ServerGone(f"the server at {self.url} did not answer in time; try again in a moment") from None
         except httpx.HTTPError as err:
-            raise ServerGone(f"lost the server at {self.url} ({type(err).__name__}); the next line tries again") from None
+            raise ServerGone(
+                f"lost the server at {self.url} ({type(err).__name__}); the next line tries again"
+            ) from None
 
     def _error(self, response: httpx.Response) -> ServerError:
         """The one line for an error answer."""
@@ -298,4 +302,3 @@ def _dropped(url: str) -> ServerGone:
     return ServerGone(
         f"lost the server at {url} during the turn; it keeps only what it had saved (the next line tries again)"
     )
-

@@ -76,7 +76,7 @@ def test_frames_become_the_events_the_server_rendered() -> None:
 
 
 def test_a_turn_streams_as_the_terminal_would_show_it(played: tuple[ServerSession, Server]) -> None:
-    session, made = played
+    session, _made = played
     events = list(session.handle("look around"))
     assert kinds(events)[0] is EventKind.ACTION and events[0].text == "You look around."
     assert EventKind.PIECE in kinds(events) and kinds(events)[-1] is EventKind.RESULT
@@ -180,7 +180,10 @@ def test_a_server_that_is_gone_is_one_line_and_the_game_goes_on(tmp_path: Path) 
     for line in ("look", "look again"):  # each line tries again
         events = list(session.handle(line))
         assert len(events) == 1 and events[0].kind is EventKind.ERROR
-        assert events[0].text == f"cannot reach the server at http://127.0.0.1:{port}: is it running? (the next line tries again)"
+        assert (
+            events[0].text
+            == f"cannot reach the server at http://127.0.0.1:{port}: is it running? (the next line tries again)"
+        )
 
 
 def test_a_connection_dropped_mid_turn_is_one_line(tmp_path: Path) -> None:
@@ -205,11 +208,14 @@ def test_a_connection_dropped_mid_turn_is_one_line(tmp_path: Path) -> None:
     thread.join(5)
     listener.close()
     assert kinds(events) == [EventKind.PIECE, EventKind.ERROR]
-    assert events[-1].text.startswith("lost the server at http://127.0.0.1:") and "the next line tries again" in events[-1].text
+    assert (
+        events[-1].text.startswith("lost the server at http://127.0.0.1:")
+        and "the next line tries again" in events[-1].text
+    )
 
 
 def test_the_commands_answered_by_the_client(played: tuple[ServerSession, Server], tmp_path: Path) -> None:
-    session, made = played
+    session, _made = played
     first = session.story_id
     second = session.api.create({"prompt": "A ship at sea."})
     table = next(session.handle("/load")).data
@@ -246,7 +252,7 @@ def test_the_commands_answered_by_the_client(played: tuple[ServerSession, Server
 def test_the_cli_plays_a_server_story_from_a_pipe(live: tuple[str, Server], tmp_path: Path) -> None:
     """`aidungeon --server URL` end to end through the REPL (piped; the pseudo-terminal run is in
     tests/e2e/test_terminal_client.py): no model, a turn, a server command, a client command."""
-    url, made = live
+    url, _made = live
     env = dict(os.environ, AIDUNGEON_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
     done = subprocess.run(
         [sys.executable, "-m", "aidungeon", "--server", url, "--prompt", "You stand at a gate."],
@@ -271,4 +277,7 @@ def test_the_cli_plays_a_server_story_from_a_pipe(live: tuple[str, Server], tmp_
         timeout=60,
     )
     assert gone.returncode == 1 and gone.stdout == ""
-    assert gone.stderr.strip() == "aidungeon: cannot reach the server at http://127.0.0.1:9: is it running? (the next line tries again)"
+    assert (
+        gone.stderr.strip()
+        == "aidungeon: cannot reach the server at http://127.0.0.1:9: is it running? (the next line tries again)"
+    )
