@@ -11,7 +11,7 @@ session's do. It holds no story state beyond the id: the server's copy is the st
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,7 +74,9 @@ class ServerSession:
 
     def status_line(self) -> str:
         """model · server · story id · the last turn's new tokens and time."""
-        parts = [self.model or "server", f"server {urlsplit(self.api.url).netloc}"]
+        # A model served from a folder shows its name, not the server's path (it has to fit one line).
+        model = PurePath(self.model.replace("\\", "/")).name if self.model else "server"
+        parts = [model, f"server {urlsplit(self.api.url).netloc}"]
         cost = self.api.last_turn
         if cost is not None and cost.new_tokens:
             parts.append(f"{cost.new_tokens} tokens in {cost.seconds:.1f} s")
