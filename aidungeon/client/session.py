@@ -26,6 +26,10 @@ from aidungeon.storage.paths import write_new_file
 RECAP_TURNS = 3
 FORCE = "--force"
 EXPORT_USAGE = "/export md|txt|html [NAME or PATH] [--force]"
+ON_A_SERVER = (
+    "On a server: /load lists your stories there (/load NUMBER or ID switches), /export downloads into "
+    "this machine's exports folder, /save and /quit just confirm: the server saves every turn."
+)
 
 
 class ServerSession:
@@ -69,6 +73,8 @@ class ServerSession:
                 yield from run(argument, cancel or CancelToken())
             else:
                 yield from self.api.turn(self.story_id, line, cancel or CancelToken())
+                if self._is_help(line):
+                    yield Event(EventKind.INFO, ON_A_SERVER)
         except AIDungeonError as err:
             yield Event(EventKind.ERROR, str(err))
 
@@ -96,6 +102,12 @@ class ServerSession:
         if entry is None or entry.name not in self._local:
             return None
         return self._local[entry.name], argument.strip()
+
+    @staticmethod
+    def _is_help(line: str) -> bool:
+        word = line.strip().lstrip("/").partition(" ")[0].lower()
+        entry = REGISTRY.get(word)
+        return line.strip().startswith("/") and entry is not None and entry.name == "help"
 
     def _quit(self, argument: str, cancel: CancelToken) -> Iterator[Event]:
         resume = f"aidungeon --server {self.api.url} --load {self.story_id}"

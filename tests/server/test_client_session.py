@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from aidungeon.client.api import STOPPED, GameAPI
-from aidungeon.client.session import ServerSession
+from aidungeon.client.session import ON_A_SERVER, ServerSession
 from aidungeon.client.sse import FrameReader, event_from_json, parse_data
 from aidungeon.core.cancel import CancelToken
 from aidungeon.game.events import Event, EventKind, Table
@@ -83,6 +83,8 @@ def test_a_turn_streams_as_the_terminal_would_show_it(played: tuple[ServerSessio
     assert session.api.last_turn is not None and session.api.last_turn.new_tokens > 0
     status = session.status_line()
     assert "fake" in status and session.story_id in status and "tokens in" in status
+    helped = list(session.handle("/help"))
+    assert kinds(helped) == [EventKind.TABLE, EventKind.INFO] and helped[-1].text == ON_A_SERVER
     table = next(e for e in session.handle("/saves") if e.kind is EventKind.TABLE)
     assert isinstance(table.data, Table) and session.story_id in str(table.data.rows)
     story = session.api.story(session.story_id)
