@@ -18,6 +18,7 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -64,11 +65,16 @@ class GameAPI:
     """A client of one server's game API, with the player's bearer token (if any)."""
 
     def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+        url = url.strip().rstrip("/")
+        self.url = url if "://" in url else f"http://{url}"  # "host:port" as a player would type it
         self.has_token = bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        # A turn streams for as long as it generates: no read timeout then (cancel stops it).
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0))
+        try:
+            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0))
+        except (httpx.InvalidURL, ValueError) as err:
+            raise ServerError(f"{url!r} is not a server URL ({err}); give one like http://127.0.0.1:5001") from None
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise ServerError(f"{url!r} is not a server URL; give one like http://127.0.0.1:5001")
         self._settling = False
         self.last_turn: TurnCost | None = None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aidungeon.client.api import STOPPED, GameAPI
+from aidungeon.client.api import STOPPED, GameAPI, ServerError
 from aidungeon.client.session import ON_A_SERVER, ServerSession
 from aidungeon.client.sse import FrameReader, event_from_json, parse_data
 from aidungeon.core.cancel import CancelToken
@@ -164,9 +164,9 @@ def test_another_turn_running_on_the_story_is_one_line(played: tuple[ServerSessi
 def test_tokens(live: tuple[str, Server], tmp_path: Path) -> None:
     url, made = live
     token = made.state.players.add("alice")
-    with pytest.raises(Exception, match=r"^the server needs a token: --token T"):
+    with pytest.raises(ServerError, match=r"^the server needs a token: --token T"):
         GameAPI(url).stories()
-    with pytest.raises(Exception, match="refused the token"):
+    with pytest.raises(ServerError, match="refused the token"):
         GameAPI(url, "wrong").stories()
     api = GameAPI(url, token)
     story_id = api.create({"prompt": "A locked room."})
@@ -186,6 +186,14 @@ def test_a_server_that_is_gone_is_one_line_and_the_game_goes_on(tmp_path: Path) 
             events[0].text
             == f"cannot reach the server at http://127.0.0.1:{port}: is it running? (the next line tries again)"
         )
+
+
+def test_server_urls(live: tuple[str, Server]) -> None:
+    url, _made = live
+    assert GameAPI(url.removeprefix("http://") + "/").stories() == []  # host:port as typed
+    for bad in ("ftp://example.org", "http://[::1"):
+        with pytest.raises(ServerError, match="is not a server URL"):
+            GameAPI(bad)
 
 
 def test_a_connection_dropped_mid_turn_is_one_line(tmp_path: Path) -> None:
