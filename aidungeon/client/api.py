@@ -33,7 +33,7 @@ MAX_RETRY_WAIT_S = 10.0
 # server notices the closed connection at its next decode step, then saves).
 SETTLE_S = 10.0
 POLL_S = 0.05
-STOPPED = "Stopped. The server dropped the turn; /retry generates again, or type another action."
+STOPPED = "Stopped. The server ends the turn without a result; /retry generates again, or type another action."
 
 
 class ServerError(AIDungeonError):
@@ -140,7 +140,7 @@ class GameAPI:
                     yield Event(EventKind.INFO, STOPPED)
                     return None
                 return response
-            response.read()
+            _read_error_body(response, self.url)
             if response.status_code == 409 and time.monotonic() < settle_until:
                 wait = 0.2  # the turn this client stopped is still saving on the server
             elif response.status_code == 503 and not retried and (wait := _retry_after(response)) <= MAX_RETRY_WAIT_S:
@@ -160,7 +160,7 @@ class GameAPI:
         frames, ended = FrameReader(), False
         try:
             while True:
-                if cancel.is_set():
+                if cancel.is_set() and not ended:
                     _shut(response)
                     self._settling = True
                     yield Event(EventKind.INFO, STOPPED)
@@ -254,6 +254,16 @@ def _pump(response: httpx.Response, lines: queue.Queue[tuple[str, object]]) -> N
     finally:
         response.close()
         lines.put(("done", None))
+
+
+def _read_error_body(response: httpx.Response, url: str) -> None:
+    """Read an error answer's (small) body; ServerGone when the connection breaks meanwhile."""
+    try:
+        response.read()
+    except httpx.HTTPError:
+        raise ServerGone(f"lost the server at {url}; the next line tries again") from None
+    finally:
+        response.close()
 
 
 def _shut(response: httpx.Response) -> None:
