@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aidungeon {__version__}")
     _add_play_options(parser)
+    _add_server_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("models", help="list the model presets and which are on this machine")
     commands.add_parser("doctor", help="show the device, memory, versions, models and folders")
@@ -158,6 +159,8 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         from aidungeon.cli.bench import run_bench
 
         return run_bench(args, paths, console, started_at=time.time() - (time.perf_counter() - PROCESS_START))
+    if args.server:
+        return play_on_server(args, paths, console)
     return play(args, paths, console)
 
 
@@ -201,6 +204,42 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
         renderer.show(Event(EventKind.INFO, warning))
     logging.getLogger(__name__).info("ready in %.2f s", time.perf_counter() - PROCESS_START)
     return play_loop(session, terminal, recap_shown=True)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    client = parser.add_argument_group("playing on a server (aidungeon serve)")
+    client.add_argument("--server", metavar="URL", help="play your stories on this server instead of a local model")
+    client.add_argument("--token", help="your bearer token on that server (default: $AIDUNGEON_TOKEN)")
+
+
+def play_on_server(args: argparse.Namespace, paths: Paths, console: Any) -> int:
+    """Play a story on `aidungeon serve` at --server through the same REPL; no model loads here.
+    The menu lists your server stories and its settings; --load/--prompt/--setting skip it."""
+    from aidungeon.client.api import GameAPI
+    from aidungeon.client.session import ServerSession
+    from aidungeon.client.start import choose_story
+    from aidungeon.ui.terminal.render import Renderer
+    from aidungeon.ui.terminal.repl import Terminal
+    from aidungeon.ui.terminal.repl import play as play_loop
+
+    local = [f"--{name}" for name in ("model", "device", "dtype", "seed") if getattr(args, name) is not None]
+    if local:
+        raise ConfigError(f"{', '.join(local)} belong to a local game; on a server, /set changes a story's settings")
+    if (args.character or args.name) and not args.setting:
+        raise ConfigError("--character and --name go with --setting")
+    terminal = Terminal(
+        Renderer(console),
+        history=paths.history_file,
+        interactive=sys.stdin.isatty() and console.is_terminal,
+        no_color=args.no_color,
+    )
+    api = GameAPI(args.server, args.token or os.environ.get("AIDUNGEON_TOKEN") or None)
+    try:
+        story_id = choose_story(args, api, terminal)
+    except BaseException:
+        api.close()
+        raise
+    return play_loop(ServerSession(api, story_id, exports_dir=paths.data_dir / "exports"), terminal)
 
 
 def _start_config(args: argparse.Namespace, config: Config, start: StartChoice) -> Config:
