@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aidungeon import __version__
+from aidungeon.cli.models import absolute_if_local, load_model_shown, session_config
 from aidungeon.core.config import DEVICES, DTYPES, Config
 from aidungeon.core.errors import AIDungeonError, ConfigError
-from aidungeon.storage.config_file import load_config
 from aidungeon.storage.paths import Paths, default_paths
 
 if TYPE_CHECKING:
@@ -164,12 +164,6 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     return play(args, paths, console)
 
 
-def session_config(args: argparse.Namespace, paths: Paths) -> Config:
-    """The player's saved config with this run's command-line choices on top."""
-    config = load_config(paths.config_file)
-    return config.with_overrides({"model": args.model, "device": args.device, "dtype": args.dtype, "seed": args.seed})
-
-
 def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     """Play: the start menu (or the flags that answer it), the model, then the game loop."""
     from aidungeon.game.events import Event, EventKind, recap
@@ -192,13 +186,13 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     early = None if args.load is not None else EarlyLoad.start(config, args.model or config.app.model, paths)
     start = choose_start(args, paths, terminal)
     config = _start_config(args, config, start)
-    spec = _absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
+    spec = absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
     # The story so far needs no model: the player reads it while the model finishes loading.
     for event in recap(start.story):
         renderer.show(event)
     loaded = early.result(spec, console) if early else None
     if loaded is None:
-        loaded = _load_model(config, spec, paths, console)
+        loaded = load_model_shown(config, spec, paths, console)
     session = _new_session(start, loaded, config, paths, spec)
     for warning in start.warnings:
         renderer.show(Event(EventKind.INFO, warning))
@@ -288,7 +282,7 @@ class EarlyLoad:
         preset = PRESETS.get(spec.strip().lower())
         if preset is not None and not is_present(preset, paths):
             return None
-        early = cls(_absolute_if_local(spec))
+        early = cls(absolute_if_local(spec))
         early._thread = threading.Thread(target=early._load, args=(config, paths), name=cls.THREAD_NAME, daemon=True)
         early._thread.start()
         return early
@@ -317,22 +311,3 @@ class EarlyLoad:
         if self.error is not None:
             raise self.error
         return self.loaded
-
-
-def _absolute_if_local(spec: str) -> str:
-    """A model folder or file given by a relative path is kept absolute, so the save's `--load` works anywhere."""
-    from aidungeon.model.loader import PRESETS
-
-    path = Path(spec).expanduser()
-    if spec.strip().lower() in PRESETS or not path.exists():
-        return spec
-    return str(path.resolve())
-
-
-def _load_model(config: Config, spec: str, paths: Paths, console: Any) -> Any:
-    """Load a model with progress shown."""
-    from aidungeon.model.loader import load_model
-    from aidungeon.ui.terminal.render import progress_bar
-
-    with progress_bar(console) as progress:
-        return load_model(spec, paths, device=config.app.device, dtype=config.app.dtype, progress=progress)

@@ -17,10 +17,10 @@ def run_bench(args: argparse.Namespace, paths: Paths, console: Any, *, started_a
     """Run the benchmark `args.kind` names and print its results; `started_at` is when the process started."""
     if args.kind == "serve":
         from aidungeon.bench.serve import serve_bench
-        from aidungeon.cli.app import _absolute_if_local, session_config
+        from aidungeon.cli.models import absolute_if_local, session_config
 
         model = args.model or session_config(args, paths).app.model
-        results = serve_bench(args, _absolute_if_local(model))
+        results = serve_bench(args, absolute_if_local(model))
         show = print_serve
     elif args.kind == "coherence":
         from aidungeon.bench.coherence import run_coherence

@@ -108,7 +108,7 @@ def _serve(args: argparse.Namespace, paths: Paths, config: Config, db: Any, cons
 
 
 def _build_app(args: argparse.Namespace, paths: Paths, config: Config, db: Any, console: Any) -> Any:
-    from aidungeon.cli.app import _absolute_if_local, _load_model
+    from aidungeon.cli.models import absolute_if_local, load_model_shown
     from aidungeon.model.engine import Engine
     from aidungeon.server.app import create_app
     from aidungeon.server.games import GameModel, Games
@@ -125,8 +125,8 @@ def _build_app(args: argparse.Namespace, paths: Paths, config: Config, db: Any, 
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    spec = _absolute_if_local(config.app.model)
-    loaded = _load_model(config, spec, paths, console)
+    spec = absolute_if_local(config.app.model)
+    loaded = load_model_shown(config, spec, paths, console)
     model = GameModel(engine=Engine.for_model(loaded), name=spec, layout=loaded.layout)
     games = Games(db, model, config, stories_dir=paths.stories_dir)
     # The KoboldAI and OpenAI APIs beside the game API, on the same engine, queue and tokens.
