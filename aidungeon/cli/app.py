@@ -27,6 +27,8 @@ from aidungeon.storage.paths import Paths, default_paths
 if TYPE_CHECKING:
     from aidungeon.game.session import Session
     from aidungeon.model.loader import LoadedModel
+    from aidungeon.model.protocol import EngineProtocol
+    from aidungeon.model.remote import RemoteEngine
     from aidungeon.ui.terminal.menu import StartChoice
 
 PROCESS_START = time.perf_counter()
@@ -71,7 +73,7 @@ def _add_play_options(parser: argparse.ArgumentParser) -> None:
     play.add_argument("--name", help="your character's name")
     play.add_argument("--load", nargs="?", const="", metavar="NAME", help="resume a save (default: the latest)")
     play.add_argument("--seed", type=int, help="seed for a reproducible story")
-    play.add_argument("--model", help="preset, model folder, .gguf file or cached hub id")
+    play.add_argument("--model", help="preset, model folder, .gguf file, cached hub id or openai:URL[#MODEL]")
     play.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
     play.add_argument("--dtype", choices=DTYPES, help="weight precision (default: auto)")
     play.add_argument("--no-color", action="store_true", help="no colours (NO_COLOR is honoured too)")
@@ -127,11 +129,11 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     if args.command == "models":
         from aidungeon.cli.admin import show_models
 
-        return show_models(paths, console)
+        return show_models(paths, console, model=args.model)
     if args.command == "doctor":
         from aidungeon.cli.admin import doctor
 
-        return doctor(paths, console)
+        return doctor(paths, console, model=args.model)
     if args.command == "saves":
         from aidungeon.cli.admin import manage_saves
 
@@ -203,16 +205,23 @@ def _start_config(args: argparse.Namespace, config: Config, start: StartChoice) 
     return config.with_value("seed", args.seed) if args.seed is not None else config
 
 
-def _new_session(start: StartChoice, loaded: LoadedModel, config: Config, paths: Paths, spec: str) -> Session:
-    """The game session on the loaded model, saving under the save it came from or a new name."""
+def _new_session(
+    start: StartChoice, loaded: LoadedModel | RemoteEngine, config: Config, paths: Paths, spec: str
+) -> Session:
+    """The game session on the loaded model (or remote server), saving under the save it came
+    from or a new name."""
     from aidungeon.game.start import start_session
-    from aidungeon.model.engine import Engine
+    from aidungeon.model.remote import RemoteEngine
     from aidungeon.storage import saves
 
+    if isinstance(loaded, RemoteEngine):
+        engine: EngineProtocol = loaded
+    else:
+        from aidungeon.model.engine import Engine
+
+        engine = Engine.for_model(loaded)
     name = start.save_name or saves.autosave_name(paths.saves_dir, start.story)
-    return start_session(
-        start.story, Engine.for_model(loaded), config, paths, save_name=name, model_name=spec, layout=loaded.layout
-    )
+    return start_session(start.story, engine, config, paths, save_name=name, model_name=spec, layout=loaded.layout)
 
 
 class EarlyLoad:
@@ -235,7 +244,10 @@ class EarlyLoad:
     @classmethod
     def start(cls, config: Config, spec: str, paths: Paths) -> EarlyLoad | None:
         from aidungeon.model.loader import PRESETS, is_present
+        from aidungeon.model.remote import is_remote
 
+        if is_remote(spec):
+            return None  # nothing to load: the server is asked once the story is chosen
         preset = PRESETS.get(spec.strip().lower())
         if preset is not None and not is_present(preset, paths):
             return None
@@ -281,7 +293,12 @@ def _absolute_if_local(spec: str) -> str:
 
 
 def _load_model(config: Config, spec: str, paths: Paths, console: Any) -> Any:
-    """Load a model with progress shown."""
+    """Load a model with progress shown, or connect to the server an `openai:` spec names."""
+    from aidungeon.model.remote import RemoteEngine, is_remote
+
+    if is_remote(spec):
+        with console.status("Connecting to the model server"):
+            return RemoteEngine.connect(spec)
     from aidungeon.model.loader import load_model
     from aidungeon.ui.terminal.render import progress_bar
 
