@@ -138,7 +138,9 @@ class TurnPipeline:
                 yield Event(EventKind.ACTION, action.text)
             return (yield from self.play(story, config, replace_on_failure=True, cancel=cancel))
         except BackendError:
-            story.discard_last()  # the model server failed: the story stays as it was before the line
+            # The model server failed: the story is exactly as it was before the line (the turn
+            # appended above was the last one made, so its id is handed out again).
+            story.next_id = story.discard_last().id
             raise
 
     def retry(self, story: Story, config: Config, cancel: CancelToken) -> Turn:
