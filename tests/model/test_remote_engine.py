@@ -7,9 +7,13 @@ drops mid-turn: one clear BackendError, and a game whose story is as it was befo
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +27,7 @@ from aidungeon.model.remote import DEFAULT_WINDOW, RemoteEngine, parse_spec
 from tests.support.fake_openai_server import FakeOpenAIServer, PeerState, words
 from tests.support.sessions import make_session, only, run, saved_story
 
+REPO = Path(__file__).resolve().parents[2]
 TEXT = "The lantern flickers. A raven cries out in the hall."
 
 
@@ -265,3 +270,42 @@ def test_doctor_says_when_the_remote_model_is_unreachable(
     time.sleep(0.05)
     assert main(["--model", f"openai:{url}", "doctor"]) == 0
     assert f"cannot reach the model server at {url}: is it running?" in capsys.readouterr().out
+
+
+def test_the_terminal_game_plays_on_a_remote_server(peer: FakeOpenAIServer) -> None:
+    """`aidungeon --model openai:URL` through a pipe, as a player runs it: a turn, then /quit."""
+    peer.state.script = ["A cold wind blows through the cave. Somewhere, water drips."]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    played = subprocess.run(
+        [sys.executable, "-m", "aidungeon", "--model", f"openai:{peer.url}", "--prompt", "You stand in a cave."],
+        input="look around\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert "A cold wind blows through the cave." in played.stdout
+    assert "Traceback" not in played.stdout + played.stderr
+    *_, last = peer.state.requests  # the opening's continuation first, then the action's turn
+    assert "You look around." in "".join(chr(i) for i in last["prompt"])
+
+
+def test_the_terminal_game_says_when_the_server_is_not_there(peer: FakeOpenAIServer) -> None:
+    url = peer.url
+    peer.stop()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    played = subprocess.run(
+        [sys.executable, "-m", "aidungeon", "--model", f"openai:{url}", "--prompt", "You stand in a cave."],
+        input="look around\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert played.returncode == 1
+    assert played.stderr.strip() == f"aidungeon: cannot reach the model server at {url}: is it running? " + (
+        "([Errno 111] Connection refused)"
+    )
