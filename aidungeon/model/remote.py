@@ -15,7 +15,7 @@ server tokenizes again with the same tokenizer (llama-cpp-python's route takes o
 The game's stop rule runs here, on the streamed text; when it fires, or the cancel token is set,
 the stream is closed, and closing it is what stops the server. Best-of-n asks for `n` at once; a
 server that answers fewer choices (llama-cpp-python ignores `n`) gets the rest asked one by one,
-each with its own seed. Servers do not return the generated ids, so a completion's ids are its
+each with its own seed; log-probabilities, which rank them, are asked for only then. Servers do not return the generated ids, so a completion's ids are its
 text tokenized by the server. Every failure on the wire is a `BackendError`. It does not build
 prompts, clean text or choose between candidates; the game does.
 """
@@ -155,7 +155,9 @@ class RemoteEngine:
         body.update(sampling_fields(request.sampling, off_top_k=-1 if self.ids_prompt else 0))
         if seed is not None:
             body["seed"] = seed
-        if self.offers_logprobs is not False:
+        if request.n > 1 and self.offers_logprobs is not False:
+            # Only to rank candidates: one candidate needs none, and some servers pay dearly for
+            # them (llama-cpp-python sorts the whole vocabulary in Python for every token).
             body["logprobs"] = 1
         return body
 

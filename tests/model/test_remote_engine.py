@@ -106,7 +106,8 @@ def test_streams_the_text_and_sends_ids_and_sampling(peer: FakeOpenAIServer, eng
     assert "".join(pieces) == completion.text == TEXT
     assert len(pieces) == len(words(TEXT))  # streamed as it came, not all at the end
     assert completion.stop_reason is StopReason.EOS
-    assert completion.mean_logprob == pytest.approx(-0.5)
+    assert completion.mean_logprob == 0.0  # one candidate: nothing to rank, so none asked for
+    assert "logprobs" not in peer.state.requests[0]
     assert completion.token_ids == engine.encode(TEXT)
     (body,) = peer.state.requests
     assert body["prompt"] == list(req.prompt_ids) and body["stream"] is True
@@ -143,6 +144,7 @@ def test_best_of_n_asks_the_server_for_n_choices_at_once(peer: FakeOpenAIServer,
     handle = engine.submit(request(engine, n=3, seed=5))
     assert "".join(handle) == "First one."  # only candidate 0 streams
     assert [c.text for c in handle.result().completions] == peer.state.script
+    assert [c.mean_logprob for c in handle.result().completions] == [-0.5] * 3  # to rank them
     assert len(peer.state.requests) == 1 and peer.state.requests[0]["n"] == 3
     assert engine.offers_n is True
 

@@ -6,8 +6,8 @@ is one id per character (`ord`), so any text round-trips. It speaks one of two d
   listed in `/v1/models`;
 - "llama-cpp-python": `/extras/tokenize` (which adds a BOS id 0) and `/extras/detokenize`,
   `prompt` as text only, `n` ignored, no window given.
-Replies are scripted: choice i of a request writes `script[i % len(script)]`, one word per event,
-each with log-probability -0.5, ending with finish_reason "stop" (or "length" at max_tokens).
+Replies are scripted: choice i of a request writes `script[i % len(script)]`, one word per event
+(each with log-probability -0.5 when asked for), ending with finish_reason "stop" (or "length" at max_tokens).
 `delay_s` spaces the events; `drop_after` closes the connection mid-body after that many events;
 `fail_status` answers completions with that HTTP status. It records each completion request
 and whether a client closed a stream before the server had sent it all (`closed_early`).
@@ -104,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        events = self._events(n, int(body.get("max_tokens", 16)))
+        events = self._events(n, int(body.get("max_tokens", 16)), logprobs=body.get("logprobs") is not None)
         try:
             for number, event in enumerate(events):
                 if state.drop_after is not None and number == state.drop_after:
@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             state.closed_early.set()
             self.close_connection = True
 
-    def _events(self, n: int, max_tokens: int) -> list[str]:
+    def _events(self, n: int, max_tokens: int, *, logprobs: bool) -> list[str]:
         """Each choice's words, interleaved as a server with `n` streams them."""
         script = self.server.state.script
         per_choice = [words(script[i % len(script)])[:max_tokens] for i in range(n)]
@@ -132,12 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 last = step == len(choice_words) - 1
                 finish = ("length" if len(choice_words) == max_tokens else "stop") if last else None
-                choice = {
-                    "index": index,
-                    "text": choice_words[step],
-                    "logprobs": {"tokens": [choice_words[step]], "token_logprobs": [-0.5]},
-                    "finish_reason": finish,
-                }
+                choice: dict[str, Any] = {"index": index, "text": choice_words[step], "finish_reason": finish}
+                if logprobs:
+                    choice["logprobs"] = {"tokens": [choice_words[step]], "token_logprobs": [-0.5]}
                 out.append(json.dumps({"object": "text_completion", "choices": [choice]}))
         return out
 
