@@ -15,9 +15,10 @@ server tokenizes again with the same tokenizer (llama-cpp-python's route takes o
 The game's stop rule runs here, on the streamed text; when it fires, or the cancel token is set,
 the stream is closed, and closing it is what stops the server. Best-of-n asks for `n` at once; a
 server that answers fewer choices (llama-cpp-python ignores `n`) gets the rest asked one by one,
-each with its own seed; log-probabilities, which rank them, are asked for only then. Servers do not return the generated ids, so a completion's ids are its
-text tokenized by the server. Every failure on the wire is a `BackendError`. It does not build
-prompts, clean text or choose between candidates; the game does.
+each with its own seed; log-probabilities, which rank them, are asked for only then. Servers
+do not return the generated ids, so a completion's ids are its text tokenized by the server.
+Every failure on the wire is a `BackendError`. It does not build prompts, clean text or choose
+between candidates; the game does.
 """
 
 from __future__ import annotations
@@ -311,14 +312,15 @@ class RemoteGeneration:
         body = self.engine.body(self.request, n=count, seed=seed)
         try:
             yield from self._read(body, first, count)
-        except BackendError as err:
+        except BackendError:
             # A server without per-token log-probabilities (llama-cpp-python started with
-            # logits_all off) refuses the request before streaming anything: ask without.
-            if "logprobs" not in str(err) or "logprobs" not in body or any(r.seen for r in self.rows):
+            # logits_all off) refuses them: a 500, a stream ended at once or a reset connection,
+            # before any text. Asked again without; a server that is really gone fails again.
+            if "logprobs" not in body or any(r.seen for r in self.rows):
                 raise
-            self.engine.offers_logprobs = False
             body.pop("logprobs")
             yield from self._read(body, first, count)
+            self.engine.offers_logprobs = False
 
     def _read(self, body: dict[str, Any], first: int, count: int) -> Iterator[str]:
         rows = self.rows[first : first + count]
@@ -345,10 +347,15 @@ class RemoteGeneration:
                 rows[index].take(choice, self.request.stop)
 
     def _check_complete(self, events: EventStream, rows: list[_Row]) -> None:
-        """A stream that ended without `[DONE]` while a choice was unfinished was dropped."""
-        if events.finished or all(row.stop_reason is not None for row in rows if row.seen):
+        """A stream that ended without `[DONE]` while a choice was unfinished was dropped; one
+        that ended without `[DONE]` or any text failed on the server."""
+        base = self.engine.spec.base
+        if events.finished:
             return
-        raise BackendError(f"the model server at {self.engine.spec.base} dropped the connection mid-turn")
+        if not any(row.seen for row in rows):
+            raise BackendError(f"the model server at {base} ended the turn without any text (its log says why)")
+        if any(row.stop_reason is None for row in rows if row.seen):
+            raise BackendError(f"the model server at {base} dropped the connection mid-turn")
 
     def _finish(self) -> None:
         cancelled = self.request.cancel.is_set()

@@ -12,6 +12,7 @@ It does not build requests from the game's settings or run the stop rule (`remot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -93,7 +94,12 @@ class Wire:
                 if response.status_code >= 400:
                     response.read()
                     self.check(response)
-                yield EventStream(response, self.base)
+                events = EventStream(response, self.base)
+                try:
+                    yield events
+                finally:
+                    if not events.finished:
+                        _drop_connection(response)
         except httpx.HTTPError as err:
             raise self.unreachable(err) from None
 
@@ -144,6 +150,16 @@ class EventStream:
                 raise BackendError(f"the model server at {self.base} failed mid-turn: {_short(event['error'])}")
             if isinstance(event, dict):
                 yield event
+
+
+def _drop_connection(response: httpx.Response) -> None:
+    """Close the connection of a stream that did not end with `[DONE]` rather than pool it: a
+    server that failed inside a stream (llama-cpp-python) resets that connection a moment later,
+    and the next request sent on it would fail too."""
+    network = response.extensions.get("network_stream")
+    if network is not None:
+        with contextlib.suppress(Exception):  # already closed: nothing left to do
+            network.close()
 
 
 def _reason(err: Exception) -> str:

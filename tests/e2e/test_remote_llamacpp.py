@@ -79,6 +79,9 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smollm2"]
+        # Without logits for every position (its default keeps them), as a player would run it for
+        # speed; the engine then asks for candidates without log-probabilities.
+        command += ["--logits_all", "false"]
         self._log = log.open("wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready(log)
@@ -167,8 +170,13 @@ def test_five_turns_and_a_cancelled_one_on_llama_cpp(server: LlamaServer) -> Non
             assert stats is not None and 0 < stats.new_tokens <= 40
             assert stats.prompt_tokens + 40 <= engine.window
         assert all(results) and len(set(results)) == len(results)
+        # Best of two: llama-cpp-python ignores `n` and, without logits_all, refuses log-probabilities.
+        session.config = session.config.with_value("candidates", 2)
+        only(run(session, "look for a way out"), EventKind.RESULT)
+        assert session.story.last is not None and session.story.last.result
+        assert engine.offers_n is False and engine.offers_logprobs is False
         path = session.story.path()
-        assert [t.action for t in path] == [f"You {a}." for a in ACTIONS]
+        assert [t.action for t in path] == [f"You {a}." for a in [*ACTIONS, "look for a way out"]]
         assert saved_story(session) == session.story.to_dict()
     finally:
         engine.close()

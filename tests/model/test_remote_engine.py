@@ -168,6 +168,21 @@ def test_a_server_that_ignores_n_gets_the_rest_asked_one_by_one() -> None:
         server.stop()
 
 
+def test_a_server_without_logprobs_is_asked_again_without(peer: FakeOpenAIServer, engine: RemoteEngine) -> None:
+    peer.state.refuse_logprobs = True
+    handle = engine.submit(request(engine, n=2))
+    assert "".join(handle) == TEXT
+    assert [c.mean_logprob for c in handle.result().completions] == [0.0, 0.0]
+    assert ["logprobs" in r for r in peer.state.requests] == [True, False]
+    assert engine.offers_logprobs is False
+
+
+def test_a_stream_without_any_text_is_one_clear_line(peer: FakeOpenAIServer, engine: RemoteEngine) -> None:
+    peer.state.empty_stream = True
+    with pytest.raises(BackendError, match="ended the turn without any text"):
+        list(engine.submit(request(engine)))
+
+
 def test_cancel_closes_the_stream(peer: FakeOpenAIServer, engine: RemoteEngine) -> None:
     peer.state.delay_s = 0.05
     peer.state.script = ["word " * 40]

@@ -9,7 +9,8 @@ is one id per character (`ord`), so any text round-trips. It speaks one of two d
 Replies are scripted: choice i of a request writes `script[i % len(script)]`, one word per event
 (each with log-probability -0.5 when asked for), ending with finish_reason "stop" (or "length" at max_tokens).
 `delay_s` spaces the events; `drop_after` closes the connection mid-body after that many events;
-`fail_status` answers completions with that HTTP status. It records each completion request
+`fail_status` answers completions with that HTTP status; `refuse_logprobs` ends a stream that
+asks for log-probabilities at once, as llama-cpp-python without logits_all does. It records each completion request
 and whether a client closed a stream before the server had sent it all (`closed_early`).
 """
 
@@ -37,6 +38,8 @@ class PeerState:
     delay_s: float = 0.0
     drop_after: int | None = None
     fail_status: int | None = None
+    refuse_logprobs: bool = False  # as llama-cpp-python with logits_all off: an empty stream
+    empty_stream: bool = False  # every stream ends at once, as a server that failed inside it
     requests: list[dict[str, Any]] = field(default_factory=list)
     tokenizer_calls: int = 0
     closed_early: threading.Event = field(default_factory=threading.Event)
@@ -105,6 +108,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         events = self._events(n, int(body.get("max_tokens", 16)), logprobs=body.get("logprobs") is not None)
+        if state.empty_stream or (state.refuse_logprobs and body.get("logprobs") is not None):
+            self._chunk("")  # the stream ends at once: no events, no [DONE]
+            return
         try:
             for number, event in enumerate(events):
                 if state.drop_after is not None and number == state.drop_after:
