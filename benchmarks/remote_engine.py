@@ -5,8 +5,8 @@ fetched once into AIDUNGEON_HOME's cache, as the tests do):
 
     AIDUNGEON_HOME=/root/.cache/aidungeon-tests python benchmarks/remote_engine.py --turns 20 --rounds 2
 
-It starts `python -m llama_cpp.server` on the default model's GGUF (Q4_1, 2 threads, 2048 window)
-on 127.0.0.1, then plays the speed bench's scripted session (`aidungeon/bench/speed.py`, one
+It starts `python -m llama_cpp.server` on the default model's GGUF (Q4_1, 2 threads, 2048 window,
+logits_all off) on 127.0.0.1, then plays the speed bench's scripted session (`aidungeon/bench/speed.py`, one
 candidate a turn, 60 new tokens, seed 1234) in-process and through `--model openai:URL`, in
 alternating rounds so both see the same machine, and prints per-turn medians of turn time and
 first token, and the tokenizer round trips the remote engine made per turn (count and ms) as
@@ -54,6 +54,7 @@ def gguf_path(paths: Paths) -> Path:
 def start_server(gguf: Path, threads: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
     command += ["--port", str(PORT), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", "smollm2"]
+    command += ["--logits_all", "false"]  # one candidate a turn asks for no log-probabilities
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gguf", type=Path, help="the default model's GGUF (default: fetched into the cache)")
     args = parser.parse_args()
 
     from aidungeon.model.engine import Engine
@@ -117,7 +119,7 @@ def main() -> None:
     from aidungeon.model.remote import RemoteEngine
 
     paths = default_paths()
-    gguf = gguf_path(paths)
+    gguf = args.gguf or gguf_path(paths)
     loaded = load_model("smollm2-135m", paths, device="cpu")
     config = Config().with_value("max_new_tokens", 60).with_value("seed", 1234).with_value("candidates", 1)
     server = start_server(gguf, args.threads)
