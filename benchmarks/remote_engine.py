@@ -92,7 +92,13 @@ def play(
                 raise SystemExit(f"{name} turn {number + 1} failed: {[e.text for e in events if e.kind == 'error']}")
             stats = session.turns.telemetry.stats
             assert stats is not None
-            record = {"turn_s": elapsed, "ttft_s": stats.ttft_s, "new_tokens": float(stats.new_tokens)}
+            record = {
+                "turn_s": elapsed,
+                "ttft_s": stats.ttft_s,
+                "new_tokens": float(stats.new_tokens),
+                "decode_tok_s": stats.decode_tok_s,
+                "ms_per_new_token": elapsed * 1000 / max(stats.new_tokens, 1),
+            }
             if tokenizer:
                 record["tokenizer_calls"] = float(tokenizer.stats.calls - calls)
                 record["tokenizer_ms"] = (tokenizer.stats.seconds - seconds) * 1000
@@ -124,13 +130,15 @@ def main() -> None:
     config = Config().with_value("max_new_tokens", 60).with_value("seed", 1234).with_value("candidates", 1)
     server = start_server(gguf, args.threads)
     try:
-        remote = RemoteEngine.connect(f"openai:http://127.0.0.1:{PORT}/v1#smollm2")
         local_runs: list[dict[str, float]] = []
         remote_runs: list[dict[str, float]] = []
         for round_number in range(args.rounds):
             local = Engine.for_model(loaded)
             local_runs += play(local, loaded.layout, f"local-{round_number}", args.turns, config)
+            # A fresh engine each round: its tokenizer caches start cold, as a new game's do.
+            remote = RemoteEngine.connect(f"openai:http://127.0.0.1:{PORT}/v1#smollm2")
             remote_runs += play(remote, remote.layout, f"remote-{round_number}", args.turns, config, remote.tokenizer)
+            remote.close()
         out = {
             "machine": f"{os.cpu_count()} CPUs",
             "model": "SmolLM2-135M-Instruct (in-process: converted safetensors; server: its Q4_1 GGUF)",
@@ -141,7 +149,6 @@ def main() -> None:
             "remote_tokenizer_calls_per_turn": [r["tokenizer_calls"] for r in remote_runs],
             "remote_tokenizer_ms_per_turn": [round(r["tokenizer_ms"], 2) for r in remote_runs],
         }
-        remote.close()
         print(json.dumps(out, indent=2))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
