@@ -5,8 +5,9 @@ candidates for the story's last turn, streams the first, cleans and ranks them b
 rules and keeps the best (the rest serve /retry). An empty batch, or one whose best result
 loops, is drawn again with livelier sampling, at most MAX_ATTEMPTS times; running out of memory
 draws fewer candidates, then uses a smaller window. A cancelled turn keeps the story as it was
-before the result. It does not save (the session does, at the end of the turn) and knows
-nothing of commands or terminals.
+before the result; a model server that fails (BackendError) leaves it as it was before the
+line. It does not save (the session does, at the end of the turn) and knows nothing of commands
+or terminals.
 """
 
 from __future__ import annotations
