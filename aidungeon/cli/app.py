@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aidungeon import __version__
-from aidungeon.cli.models import absolute_if_local, load_model_shown, session_config
+from aidungeon.cli.models import absolute_if_local, engine_for, load_model_shown, session_config
 from aidungeon.core.config import DEVICES, DTYPES, Config
 from aidungeon.core.errors import AIDungeonError, ConfigError
 from aidungeon.storage.paths import Paths, default_paths
@@ -27,6 +27,7 @@ from aidungeon.storage.paths import Paths, default_paths
 if TYPE_CHECKING:
     from aidungeon.game.session import Session
     from aidungeon.model.loader import LoadedModel
+    from aidungeon.model.remote import RemoteEngine
     from aidungeon.ui.terminal.menu import StartChoice
 
 PROCESS_START = time.perf_counter()
@@ -78,7 +79,7 @@ def _add_play_options(parser: argparse.ArgumentParser) -> None:
     play.add_argument("--name", help="your character's name")
     play.add_argument("--load", nargs="?", const="", metavar="NAME", help="resume a save (default: the latest)")
     play.add_argument("--seed", type=int, help="seed for a reproducible story")
-    play.add_argument("--model", help="preset, model folder, .gguf file or cached hub id")
+    play.add_argument("--model", help="preset, model folder, .gguf file, cached hub id or openai:URL[#MODEL]")
     play.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
     play.add_argument("--dtype", choices=DTYPES, help="weight precision (default: auto)")
     play.add_argument("--no-color", action="store_true", help="no colours (NO_COLOR is honoured too)")
@@ -134,11 +135,11 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     if args.command == "models":
         from aidungeon.cli.admin import show_models
 
-        return show_models(paths, console)
+        return show_models(paths, console, model=args.model)
     if args.command == "doctor":
         from aidungeon.cli.admin import doctor
 
-        return doctor(paths, console)
+        return doctor(paths, console, model=args.model)
     if args.command == "saves":
         from aidungeon.cli.admin import manage_saves
 
@@ -246,15 +247,17 @@ def _start_config(args: argparse.Namespace, config: Config, start: StartChoice) 
     return config.with_value("seed", args.seed) if args.seed is not None else config
 
 
-def _new_session(start: StartChoice, loaded: LoadedModel, config: Config, paths: Paths, spec: str) -> Session:
-    """The game session on the loaded model, saving under the save it came from or a new name."""
+def _new_session(
+    start: StartChoice, loaded: LoadedModel | RemoteEngine, config: Config, paths: Paths, spec: str
+) -> Session:
+    """The game session on the loaded model (or remote server), saving under the save it came
+    from or a new name."""
     from aidungeon.game.start import start_session
-    from aidungeon.model.engine import Engine
     from aidungeon.storage import saves
 
     name = start.save_name or saves.autosave_name(paths.saves_dir, start.story)
     return start_session(
-        start.story, Engine.for_model(loaded), config, paths, save_name=name, model_name=spec, layout=loaded.layout
+        start.story, engine_for(loaded), config, paths, save_name=name, model_name=spec, layout=loaded.layout
     )
 
 
@@ -278,7 +281,10 @@ class EarlyLoad:
     @classmethod
     def start(cls, config: Config, spec: str, paths: Paths) -> EarlyLoad | None:
         from aidungeon.model.loader import PRESETS, is_present
+        from aidungeon.model.remote import is_remote
 
+        if is_remote(spec):
+            return None  # nothing to load: the server is asked once the story is chosen
         preset = PRESETS.get(spec.strip().lower())
         if preset is not None and not is_present(preset, paths):
             return None

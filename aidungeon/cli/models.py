@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aidungeon.core.config import Config
+from aidungeon.model.protocol import EngineProtocol
 from aidungeon.storage.config_file import load_config
 from aidungeon.storage.paths import Paths
 
@@ -29,9 +30,26 @@ def absolute_if_local(spec: str) -> str:
 
 
 def load_model_shown(config: Config, spec: str, paths: Paths, console: Any) -> Any:
-    """Load a model with progress shown."""
+    """Load a model with progress shown, or connect to the server an `openai:` spec names."""
+    from aidungeon.model.remote import RemoteEngine, is_remote
+
+    if is_remote(spec):
+        with console.status("Connecting to the model server"):
+            return RemoteEngine.connect(spec)
     from aidungeon.model.loader import load_model
     from aidungeon.ui.terminal.render import progress_bar
 
     with progress_bar(console) as progress:
         return load_model(spec, paths, device=config.app.device, dtype=config.app.dtype, progress=progress)
+
+
+def engine_for(loaded: Any) -> EngineProtocol:
+    """The engine for what `load_model_shown` gave: a remote server is one already; a loaded
+    model gets the batching engine."""
+    from aidungeon.model.remote import RemoteEngine
+
+    if isinstance(loaded, RemoteEngine):
+        return loaded
+    from aidungeon.model.engine import Engine
+
+    return Engine.for_model(loaded)

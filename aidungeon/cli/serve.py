@@ -108,8 +108,7 @@ def _serve(args: argparse.Namespace, paths: Paths, config: Config, db: Any, cons
 
 
 def _build_app(args: argparse.Namespace, paths: Paths, config: Config, db: Any, console: Any) -> Any:
-    from aidungeon.cli.models import absolute_if_local, load_model_shown
-    from aidungeon.model.engine import Engine
+    from aidungeon.cli.models import absolute_if_local, engine_for, load_model_shown
     from aidungeon.server.app import create_app
     from aidungeon.server.games import GameModel, Games
     from aidungeon.server.limits import Limits
@@ -127,7 +126,7 @@ def _build_app(args: argparse.Namespace, paths: Paths, config: Config, db: Any, 
         raise ConfigError(str(err)) from None
     spec = absolute_if_local(config.app.model)
     loaded = load_model_shown(config, spec, paths, console)
-    model = GameModel(engine=Engine.for_model(loaded), name=spec, layout=loaded.layout)
+    model = GameModel(engine=engine_for(loaded), name=spec, layout=loaded.layout)
     games = Games(db, model, config, stories_dir=paths.stories_dir)
     # The KoboldAI and OpenAI APIs beside the game API, on the same engine, queue and tokens.
     return create_app(ServerState(db=db, games=games, limits=limits), routers=routers(), cors_paths=CORS_PATHS)
