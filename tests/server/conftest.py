@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from aidungeon.core.config import Config
@@ -26,6 +27,7 @@ from aidungeon.server.app import create_app
 from aidungeon.server.db import open_database
 from aidungeon.server.games import GameModel, Games
 from aidungeon.server.limits import Limits
+from aidungeon.server.protocols import CORS_PATHS, routers
 from aidungeon.server.state import ServerState
 from tests.support.fake_engine import FakeEngine, FakeHandle
 
@@ -115,13 +117,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def full_app(state: ServerState) -> FastAPI:
+    """The app as `aidungeon serve` builds it: the game API with the KoboldAI and OpenAI APIs."""
+    return create_app(state, routers=routers(), cors_paths=CORS_PATHS)
+
+
 def make_server(tmp_path: Path, limits: Limits | None = None, db_url: str | None = None) -> Server:
     db = open_database(db_url or f"sqlite:///{tmp_path / 'server.db'}")
     engine = GatedEngine()
     config = Config().with_value("max_new_tokens", 16).with_value("seed", 7)
     games = Games(db, GameModel(engine=engine, name="fake", layout=PLAIN), config)
     state = ServerState(db=db, games=games, limits=limits or Limits())
-    return Server(TestClient(create_app(state)), state, engine)
+    return Server(TestClient(full_app(state)), state, engine)
 
 
 @pytest.fixture
@@ -138,7 +145,7 @@ def live(tmp_path: Path) -> Iterator[tuple[str, Server]]:
     made = make_server(tmp_path)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(made.state), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(full_app(made.state), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -26,6 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from aidungeon.core.errors import ConfigError
 from aidungeon.model.protocol import Completion, StopReason
 from aidungeon.server.access import Caller, caller
 from aidungeon.server.bridge import ThreadStream
@@ -36,6 +37,8 @@ from aidungeon.server.protocols.errors import shaped_route
 from aidungeon.server.protocols.kobold_schemas import (
     DEFAULT_MAX_LENGTH,
     AbortAnswer,
+    DetokenizeBody,
+    Detokenized,
     GenerateAnswer,
     GenerateBody,
     GenkeyBody,
@@ -164,6 +167,19 @@ async def tokencount(body: Annotated[TokenCountBody, _json_body(TokenCountBody)]
     """How many tokens `prompt` is for this model, and their ids."""
     ids = await run_in_threadpool(state.games.model.engine.encode, body.prompt)
     return TokenCount(value=len(ids), ids=ids)
+
+
+@router.post("/api/extra/detokenize", response_model=Detokenized, openapi_extra=_documented(DetokenizeBody))
+async def detokenize(
+    body: Annotated[DetokenizeBody, _json_body(DetokenizeBody)], state: State, who: Who
+) -> Detokenized:
+    """The text of token ids (koboldcpp's endpoint; another aidungeon uses it as its remote
+    engine's tokenizer). Ids the tokenizer cannot read are a 400."""
+    try:
+        text = await run_in_threadpool(state.games.model.engine.decode, body.ids)
+    except (OverflowError, ValueError, TypeError, IndexError):
+        raise ConfigError("a token id is outside the model's vocabulary") from None
+    return Detokenized(result=text)
 
 
 async def _start(body: GenerateBody, state: State, who: Caller, registry: raw.Generations) -> ThreadStream[Any]:

@@ -97,6 +97,15 @@ class TokenCountBody(_Lenient):
     prompt: str = Field(default="", max_length=4_000_000)
 
 
+class DetokenizeBody(_Lenient):
+    ids: list[int] = Field(default_factory=list, max_length=1_000_000)
+
+
+class Detokenized(BaseModel):
+    result: str
+    success: bool = True
+
+
 class TokenCount(BaseModel):
     value: int
     ids: list[int]
