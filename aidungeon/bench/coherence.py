@@ -37,8 +37,24 @@ from aidungeon.storage.paths import Paths, default_paths
 SCRIPT = Path(__file__).resolve().parent / "data" / "coherence.toml"
 # The guard's own counts per 100 turns (what the bench reported before it had its own detectors).
 GUARD_COUNTS = ("hallucinated_player_turns", "fragments", "repeats", "loops", "junk", "empty")
-# What the CLI table shows: the headline rates (0..1) first, then the guard's counts.
+# Long play: the clean-turn rate over these turn windows (1 is the opening's continuation).
+WINDOWS = ((1, 20), (81, 100))
+# The numbers every report has for each mode: the headline rates (0..1), then the guard's counts.
 METRICS = ("clean_turn_rate", "action_followed_rate", *GUARD_COUNTS)
+# What the CLI table shows: the headline with the early and late windows ("-" when the
+# adventures are shorter), which detectors the clean-turn rate rests on and which are only
+# reported, then the guard's counts.
+TABLE = (
+    "clean_turn_rate",
+    *(f"clean_turn_rate_{first}_{last}" for first, last in WINDOWS),
+    "action_followed_rate",
+    "counted_detectors",
+    "unvalidated_detectors",
+    *GUARD_COUNTS,
+    "distinct_2",
+    "mean_logprob",
+    "turns",
+)
 
 
 @dataclass
@@ -194,21 +210,31 @@ def run_coherence(
 
 
 def judge(played: list[Played]) -> dict[str, Any]:
-    """The bench's own verdicts over played turns: the clean-turn and action-followed rates, each
-    detector's rate per 100 turns, and the clean-turn rate over turns 1-20 and 81-100."""
+    """The bench's own verdicts over played turns.
+
+    The clean-turn rate counts only the gold-validated detectors (`detectors.VALIDATED`), so it
+    is an upper bound while some glitches have no validated detector; those are listed as
+    unvalidated, each still reported per 100 turns. The action-followed rate comes from the
+    `ignored_action` detector whether or not it is validated (`action_followed_validated` says
+    which). With long adventures the clean-turn rate is also given over turns 1-20 and 81-100
+    (None where no turn falls in the window)."""
     verdicts = [detectors.detect(_shown(turn)) for turn in played]
     clean = [not any(v[name] for name in detectors.VALIDATED) for v in verdicts]
     acted = [v["ignored_action"] for v, turn in zip(verdicts, played, strict=True) if turn.action]
+    unvalidated = [name for name in detectors.DETECTORS if name not in detectors.VALIDATED]
     report: dict[str, Any] = {
         "clean_turn_rate": _share(clean),
         "action_followed_rate": _share([not ignored for ignored in acted]),
+        "action_followed_validated": "ignored_action" in detectors.VALIDATED,
         "validated": list(detectors.VALIDATED),
+        "unvalidated": unvalidated,
+        "counted_detectors": ", ".join(detectors.VALIDATED) or "none",
+        "unvalidated_detectors": ", ".join(unvalidated) or "none",
         "detectors_per_100": {name: 100 * _share([v[name] for v in verdicts]) for name in detectors.DETECTORS},
     }
-    for first, last in ((1, 20), (81, 100)):
+    for first, last in WINDOWS:
         window = [ok for ok, turn in zip(clean, played, strict=True) if first <= turn.number <= last]
-        if window:
-            report[f"clean_turn_rate_{first}_{last}"] = _share(window)
+        report[f"clean_turn_rate_{first}_{last}"] = _share(window) if window else None
     return report
 
 

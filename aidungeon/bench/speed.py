@@ -54,7 +54,9 @@ WARMUP_TURNS = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", choices=["speed", "coherence"], default="speed", help="what to measure")
+    parser.add_argument(
+        "kind", nargs="?", choices=["speed", "coherence", "serve"], default="speed", help="what to measure"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="model spec (default: the configured model)")
     source.add_argument("--random-gpt2", choices=["124M", "355M"], help="a random-weight GPT-2 of that shape")

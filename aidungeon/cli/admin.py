@@ -11,35 +11,81 @@ from pathlib import Path
 from typing import Any
 
 from aidungeon import __version__
-from aidungeon.core.errors import SaveError
+from aidungeon.core.errors import AIDungeonError, SaveError
 from aidungeon.game.events import Table
 from aidungeon.storage import saves
+from aidungeon.storage.config_file import load_config
 from aidungeon.storage.paths import Paths, write_new_file
 
 
-def show_models(paths: Paths, console: Any) -> int:
-    """`aidungeon models`: the presets and whether each is on this machine."""
+def show_models(paths: Paths, console: Any, *, model: str | None = None) -> int:
+    """`aidungeon models`: the presets and whether each is on this machine, and the model
+    server that `--model openai:URL` (or the config's model) names."""
     from aidungeon.model.loader import PRESETS, is_present
     from aidungeon.ui.terminal.render import print_table
 
     rows = tuple(
         (preset.name, "yes" if is_present(preset, paths) else "no", preset.description) for preset in PRESETS.values()
     )
-    footer = "Any local model folder, .gguf file or cached Hugging Face id works too: aidungeon --model SPEC"
+    remote = _remote_spec(paths, model)
+    if remote:
+        rows += (_remote_model_row(remote),)
+    footer = (
+        "Any local model folder, .gguf file or cached Hugging Face id works too, or a model server: "
+        "aidungeon --model openai:http://HOST:PORT/v1[#MODEL]"
+    )
     print_table(console, Table("Models", ("preset", "present", "about"), rows, footer))
     return 0
 
 
-def doctor(paths: Paths, console: Any) -> int:
-    """`aidungeon doctor`: what the game sees of this machine, for bug reports."""
+def _remote_spec(paths: Paths, model: str | None) -> str | None:
+    """The `openai:` spec given on the command line, else the config's, else None."""
+    from aidungeon.model.remote import is_remote
+
+    if model:
+        return model if is_remote(model) else None
+    try:
+        configured = load_config(paths.config_file).app.model
+    except AIDungeonError:
+        return None  # doctor still reports; playing shows the config's error
+    return configured if is_remote(configured) else None
+
+
+def _remote_rows(spec: str) -> list[tuple[str, str]]:
+    """What the server says about itself, or why it could not be asked."""
+    from aidungeon.model.remote import RemoteEngine
+
+    try:
+        engine = RemoteEngine.connect(spec)
+    except AIDungeonError as err:
+        return [("remote model", f"{spec}: {err}")]
+    try:
+        return engine.describe()
+    finally:
+        engine.close()
+
+
+def _remote_model_row(spec: str) -> tuple[str, str, str]:
+    rows = dict(_remote_rows(spec))
+    if "remote server" not in rows:
+        return (spec, "no", rows.get("remote model", "unreachable"))
+    about = f"{rows['remote model']} on {rows['remote server']}, {rows['remote window']} window"
+    return (spec, "yes", about)
+
+
+def doctor(paths: Paths, console: Any, *, model: str | None = None) -> int:
+    """`aidungeon doctor`: what the game sees of this machine, for bug reports (and of the model
+    server, when `--model openai:URL` or the config names one)."""
     from aidungeon.model.loader import PRESETS, is_present
     from aidungeon.model.machine import runtime_rows
     from aidungeon.ui.terminal.render import print_table
 
+    remote = _remote_spec(paths, model)
     rows = [
         ("aidungeon", __version__),
         *runtime_rows(),
         ("models present", ", ".join(p.name for p in PRESETS.values() if is_present(p, paths)) or "none yet"),
+        *(_remote_rows(remote) if remote else []),
         ("config", str(paths.config_file)),
         ("saves", str(paths.saves_dir)),
         ("stories", str(paths.stories_dir)),

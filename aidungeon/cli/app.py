@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aidungeon import __version__
+from aidungeon.cli.models import absolute_if_local, engine_for, load_model_shown, session_config
 from aidungeon.core.config import DEVICES, DTYPES, Config
 from aidungeon.core.errors import AIDungeonError, ConfigError
-from aidungeon.storage.config_file import load_config
 from aidungeon.storage.paths import Paths, default_paths
 
 if TYPE_CHECKING:
     from aidungeon.game.session import Session
     from aidungeon.model.loader import LoadedModel
+    from aidungeon.model.remote import RemoteEngine
     from aidungeon.ui.terminal.menu import StartChoice
 
 PROCESS_START = time.perf_counter()
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aidungeon {__version__}")
     _add_play_options(parser)
+    _add_server_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("models", help="list the model presets and which are on this machine")
     commands.add_parser("doctor", help="show the device, memory, versions, models and folders")
@@ -57,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, help="file to write (default: DATA/exports/NAME.FORMAT; - for standard output)"
     )
     exporter.add_argument("--force", action="store_true", help="replace the file if it exists")
+    from aidungeon.bench.serve import add_serve_arguments as add_bench_serve_arguments
     from aidungeon.bench.speed import add_arguments as add_bench_arguments
 
-    add_bench_arguments(commands.add_parser("bench", help="measure speed (and coherence) on this machine"))
+    bench = commands.add_parser("bench", help="measure speed, coherence or serving on this machine")
+    add_bench_arguments(bench)
+    add_bench_serve_arguments(bench)
+    from aidungeon.cli.serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(commands.add_parser("serve", help="serve the game over HTTP to many players on one model"))
     return parser
 
 
@@ -71,7 +79,7 @@ def _add_play_options(parser: argparse.ArgumentParser) -> None:
     play.add_argument("--name", help="your character's name")
     play.add_argument("--load", nargs="?", const="", metavar="NAME", help="resume a save (default: the latest)")
     play.add_argument("--seed", type=int, help="seed for a reproducible story")
-    play.add_argument("--model", help="preset, model folder, .gguf file or cached hub id")
+    play.add_argument("--model", help="preset, model folder, .gguf file, cached hub id or openai:URL[#MODEL]")
     play.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
     play.add_argument("--dtype", choices=DTYPES, help="weight precision (default: auto)")
     play.add_argument("--no-color", action="store_true", help="no colours (NO_COLOR is honoured too)")
@@ -127,11 +135,11 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     if args.command == "models":
         from aidungeon.cli.admin import show_models
 
-        return show_models(paths, console)
+        return show_models(paths, console, model=args.model)
     if args.command == "doctor":
         from aidungeon.cli.admin import doctor
 
-        return doctor(paths, console)
+        return doctor(paths, console, model=args.model)
     if args.command == "saves":
         from aidungeon.cli.admin import manage_saves
 
@@ -144,17 +152,17 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         from aidungeon.cli.admin import export_save
 
         return export_save(paths, console, args.name, args.format, args.output, force=args.force)
+    if args.command == "serve":
+        from aidungeon.cli.serve import run_serve
+
+        return run_serve(args, paths, session_config(args, paths), console)
     if args.command == "bench":
         from aidungeon.cli.bench import run_bench
 
         return run_bench(args, paths, console, started_at=time.time() - (time.perf_counter() - PROCESS_START))
+    if args.server:
+        return play_on_server(args, paths, console)
     return play(args, paths, console)
-
-
-def session_config(args: argparse.Namespace, paths: Paths) -> Config:
-    """The player's saved config with this run's command-line choices on top."""
-    config = load_config(paths.config_file)
-    return config.with_overrides({"model": args.model, "device": args.device, "dtype": args.dtype, "seed": args.seed})
 
 
 def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
@@ -179,18 +187,54 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
     early = None if args.load is not None else EarlyLoad.start(config, args.model or config.app.model, paths)
     start = choose_start(args, paths, terminal)
     config = _start_config(args, config, start)
-    spec = _absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
+    spec = absolute_if_local(args.model or (start.save.model if start.save else "") or config.app.model)
     # The story so far needs no model: the player reads it while the model finishes loading.
     for event in recap(start.story):
         renderer.show(event)
     loaded = early.result(spec, console) if early else None
     if loaded is None:
-        loaded = _load_model(config, spec, paths, console)
+        loaded = load_model_shown(config, spec, paths, console)
     session = _new_session(start, loaded, config, paths, spec)
     for warning in start.warnings:
         renderer.show(Event(EventKind.INFO, warning))
     logging.getLogger(__name__).info("ready in %.2f s", time.perf_counter() - PROCESS_START)
     return play_loop(session, terminal, recap_shown=True)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    client = parser.add_argument_group("playing on a server (aidungeon serve)")
+    client.add_argument("--server", metavar="URL", help="play your stories on this server instead of a local model")
+    client.add_argument("--token", help="your bearer token on that server (default: $AIDUNGEON_TOKEN)")
+
+
+def play_on_server(args: argparse.Namespace, paths: Paths, console: Any) -> int:
+    """Play a story on `aidungeon serve` at --server through the same REPL; no model loads here.
+    The menu lists your server stories and its settings; --load/--prompt/--setting skip it."""
+    from aidungeon.client.api import GameAPI
+    from aidungeon.client.session import ServerSession
+    from aidungeon.client.start import choose_story
+    from aidungeon.ui.terminal.render import Renderer
+    from aidungeon.ui.terminal.repl import Terminal
+    from aidungeon.ui.terminal.repl import play as play_loop
+
+    local = [f"--{name}" for name in ("model", "device", "dtype", "seed") if getattr(args, name) is not None]
+    if local:
+        raise ConfigError(f"{', '.join(local)} belong to a local game; on a server, /set changes a story's settings")
+    if (args.character or args.name) and not args.setting:
+        raise ConfigError("--character and --name go with --setting")
+    terminal = Terminal(
+        Renderer(console),
+        history=paths.history_file,
+        interactive=sys.stdin.isatty() and console.is_terminal,
+        no_color=args.no_color,
+    )
+    api = GameAPI(args.server, args.token or os.environ.get("AIDUNGEON_TOKEN") or None)
+    try:
+        story_id = choose_story(args, api, terminal)
+    except BaseException:
+        api.close()
+        raise
+    return play_loop(ServerSession(api, story_id, exports_dir=paths.data_dir / "exports"), terminal)
 
 
 def _start_config(args: argparse.Namespace, config: Config, start: StartChoice) -> Config:
@@ -203,15 +247,17 @@ def _start_config(args: argparse.Namespace, config: Config, start: StartChoice) 
     return config.with_value("seed", args.seed) if args.seed is not None else config
 
 
-def _new_session(start: StartChoice, loaded: LoadedModel, config: Config, paths: Paths, spec: str) -> Session:
-    """The game session on the loaded model, saving under the save it came from or a new name."""
+def _new_session(
+    start: StartChoice, loaded: LoadedModel | RemoteEngine, config: Config, paths: Paths, spec: str
+) -> Session:
+    """The game session on the loaded model (or remote server), saving under the save it came
+    from or a new name."""
     from aidungeon.game.start import start_session
-    from aidungeon.model.engine import Engine
     from aidungeon.storage import saves
 
     name = start.save_name or saves.autosave_name(paths.saves_dir, start.story)
     return start_session(
-        start.story, Engine.for_model(loaded), config, paths, save_name=name, model_name=spec, layout=loaded.layout
+        start.story, engine_for(loaded), config, paths, save_name=name, model_name=spec, layout=loaded.layout
     )
 
 
@@ -235,11 +281,14 @@ class EarlyLoad:
     @classmethod
     def start(cls, config: Config, spec: str, paths: Paths) -> EarlyLoad | None:
         from aidungeon.model.loader import PRESETS, is_present
+        from aidungeon.model.remote import is_remote
 
+        if is_remote(spec):
+            return None  # nothing to load: the server is asked once the story is chosen
         preset = PRESETS.get(spec.strip().lower())
         if preset is not None and not is_present(preset, paths):
             return None
-        early = cls(_absolute_if_local(spec))
+        early = cls(absolute_if_local(spec))
         early._thread = threading.Thread(target=early._load, args=(config, paths), name=cls.THREAD_NAME, daemon=True)
         early._thread.start()
         return early
@@ -268,22 +317,3 @@ class EarlyLoad:
         if self.error is not None:
             raise self.error
         return self.loaded
-
-
-def _absolute_if_local(spec: str) -> str:
-    """A model folder or file given by a relative path is kept absolute, so the save's `--load` works anywhere."""
-    from aidungeon.model.loader import PRESETS
-
-    path = Path(spec).expanduser()
-    if spec.strip().lower() in PRESETS or not path.exists():
-        return spec
-    return str(path.resolve())
-
-
-def _load_model(config: Config, spec: str, paths: Paths, console: Any) -> Any:
-    """Load a model with progress shown."""
-    from aidungeon.model.loader import load_model
-    from aidungeon.ui.terminal.render import progress_bar
-
-    with progress_bar(console) as progress:
-        return load_model(spec, paths, device=config.app.device, dtype=config.app.dtype, progress=progress)

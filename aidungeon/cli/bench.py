@@ -15,7 +15,14 @@ from aidungeon.storage.paths import Paths
 
 def run_bench(args: argparse.Namespace, paths: Paths, console: Any, *, started_at: float) -> int:
     """Run the benchmark `args.kind` names and print its results; `started_at` is when the process started."""
-    if args.kind == "coherence":
+    if args.kind == "serve":
+        from aidungeon.bench.serve import serve_bench
+        from aidungeon.cli.models import absolute_if_local, session_config
+
+        model = args.model or session_config(args, paths).app.model
+        results = serve_bench(args, absolute_if_local(model))
+        show = print_serve
+    elif args.kind == "coherence":
         from aidungeon.bench.coherence import run_coherence
 
         progress = None if args.json else lambda line: console.print(line, markup=False)
@@ -101,13 +108,40 @@ def print_sweep(results: dict[str, Any], console: Any) -> None:
     print_table(console, Table(f"Sessions at once, {results['turns']} turns each", columns, rows))
 
 
-def print_coherence(results: dict[str, Any], console: Any) -> None:
-    from aidungeon.bench.coherence import METRICS
+def print_serve(results: dict[str, Any], console: Any) -> None:
     from aidungeon.ui.terminal.render import print_table
 
-    names = (*METRICS, "distinct_2", "mean_logprob", "turns")
-    rows = tuple((name, _fmt(results["guard"][name]), _fmt(results["baseline"][name])) for name in names)
-    title = f"Coherence, {results['model']} on {results['device']}: per 100 turns"
+    columns = ("players", "turns", "ttft p50 / p95 s", "turn p50 s", "shown tok/s", "503s", "errors")
+    for mode, points in results["runs"].items():
+        rows = tuple(
+            (
+                str(p["players"]),
+                str(p["turns"]),
+                f"{p['ttft_p50_s']:.3f} / {p['ttft_p95_s']:.3f}",
+                f"{p['turn_p50_s']:.2f}",
+                f"{p['tok_s']:.1f}",
+                str(p["busy_503"]),
+                str(p["error_count"]),
+            )
+            for p in points
+        )
+        title = f"{results['model']}, {mode}: {results['turns']} turns a player, think {results['think_s']:.1f} s"
+        print_table(console, Table(title, columns, rows))
+    for mode, held in results["held"].items():
+        console.print(f"{mode}: {held} players held at p95 time to first token <= 1 s", markup=False)
+    if "held_ratio" in results:
+        console.print(f"batched holds {results['held_ratio']:.1f}x the players of one turn at a time", markup=False)
+    for mode, points in results["runs"].items():
+        for error in (e for p in points for e in p["errors"]):
+            console.print(f"{mode}: {error}", markup=False)
+
+
+def print_coherence(results: dict[str, Any], console: Any) -> None:
+    from aidungeon.bench.coherence import TABLE
+    from aidungeon.ui.terminal.render import print_table
+
+    rows = tuple((name, _fmt(results["guard"][name]), _fmt(results["baseline"][name])) for name in TABLE)
+    title = f"Coherence, {results['model']} on {results['device']}: rates 0-1, guard counts per 100 turns"
     print_table(console, Table(title, ("measure", "guard", "baseline (AI Dungeon 2 rules)"), rows))
 
 

@@ -30,3 +30,7 @@ class OutOfMemoryError(ModelError):
 
 class StoryError(AIDungeonError):
     """An action the story cannot take (nothing to undo, an unknown branch, ...)."""
+
+
+class BackendError(AIDungeonError):
+    """A model server the game uses as its engine cannot be reached, fails or drops mid-turn."""

@@ -5,8 +5,9 @@ candidates for the story's last turn, streams the first, cleans and ranks them b
 rules and keeps the best (the rest serve /retry). An empty batch, or one whose best result
 loops, is drawn again with livelier sampling, at most MAX_ATTEMPTS times; running out of memory
 draws fewer candidates, then uses a smaller window. A cancelled turn keeps the story as it was
-before the result. It does not save (the session does, at the end of the turn) and knows
-nothing of commands or terminals.
+before the result; a model server that fails (BackendError) leaves it as it was before the
+line. It does not save (the session does, at the end of the turn) and knows nothing of commands
+or terminals.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aidungeon.core.actions import to_action
 from aidungeon.core.cancel import CancelToken
 from aidungeon.core.config import Config, Sampling
 from aidungeon.core.context import Context, Layout, build
-from aidungeon.core.errors import OutOfMemoryError, StoryError
+from aidungeon.core.errors import BackendError, OutOfMemoryError, StoryError
 from aidungeon.core.guard import Scored
 from aidungeon.core.story import Candidate, Story
 from aidungeon.game.events import STALLED, Event, EventKind, recap
@@ -101,10 +102,11 @@ class TurnPipeline:
         self._start = 0
 
     def candidate_count(self, config: Config) -> int:
-        """Candidates per turn: the setting, or by device (a CPU draws one, a GPU four)."""
+        """Candidates per turn: the setting, or by device (a CPU draws one, a GPU four; a remote
+        server one, as each candidate may cost it a whole generation)."""
         if config.sampling.candidates:
             return config.sampling.candidates
-        return 1 if self.engine.device_type == "cpu" else 4
+        return 1 if self.engine.device_type in ("cpu", "remote") else 4
 
     @staticmethod
     def recent_results(story: Story) -> list[str]:
@@ -132,9 +134,15 @@ class TurnPipeline:
         if last is not None and not last.result and not story.children(last.id):
             story.discard_last()  # a turn left without a result is replaced by the new one
         story.append(action.text)
-        if action.text:
-            yield Event(EventKind.ACTION, action.text)
-        return (yield from self.play(story, config, replace_on_failure=True, cancel=cancel))
+        try:
+            if action.text:
+                yield Event(EventKind.ACTION, action.text)
+            return (yield from self.play(story, config, replace_on_failure=True, cancel=cancel))
+        except BackendError:
+            # The model server failed: the story is exactly as it was before the line (the turn
+            # appended above was the last one made, so its id is handed out again).
+            story.next_id = story.discard_last().id
+            raise
 
     def retry(self, story: Story, config: Config, cancel: CancelToken) -> Turn:
         """Show the next-best kept alternative at once, or generate new ones."""

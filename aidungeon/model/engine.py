@@ -69,6 +69,7 @@ class _Row:
         self.ids: list[int] = []
         self.text = ""
         self.logprob_sum = 0.0
+        self.logprobs: list[float] = []
         self.stop_reason: StopReason | None = None
         self.cut: int | None = None
         self.streamed = 0
@@ -81,7 +82,11 @@ class _Row:
         text = self.text if self.cut is None else self.text[: self.cut]
         mean = self.logprob_sum / len(self.ids) if self.ids else 0.0
         return Completion(
-            text=text, token_ids=list(self.ids), mean_logprob=mean, stop_reason=self.stop_reason or StopReason.LENGTH
+            text=text,
+            token_ids=list(self.ids),
+            mean_logprob=mean,
+            stop_reason=self.stop_reason or StopReason.LENGTH,
+            token_logprobs=list(self.logprobs),
         )
 
     def piece(self) -> str:
@@ -464,6 +469,7 @@ class Engine:
             return
         row.ids.append(token)
         row.logprob_sum += logprob
+        row.logprobs.append(logprob)
         row.text = self.decode(row.ids)
         if stop is not None:
             cut = stop(row.text)

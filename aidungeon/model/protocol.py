@@ -58,12 +58,15 @@ class GenerationStats:
 
 @dataclass
 class Completion:
-    """One generated continuation, already cut at its stop rule."""
+    """One generated continuation, already cut at its stop rule. `token_logprobs` holds each of
+    `token_ids`' log-probability under the model (before sampling's warping), where the engine
+    reports them; the ids may run past a stop's cut."""
 
     text: str
     token_ids: list[int]
     mean_logprob: float
     stop_reason: StopReason
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass

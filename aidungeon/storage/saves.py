@@ -502,6 +502,12 @@ def _decode(raw: bytes, label: str) -> _Loaded:
     return _Loaded(data, _parse_time(doc.get("saved_at")), warnings, version)
 
 
+def decode_save(raw: bytes, label: str) -> tuple[SaveData, list[str]]:
+    """A save document's bytes (from a file or a database) -> its data and warnings; SaveError
+    (one line, naming `label`) for anything unusable."""
+    return _unpack(_decode(raw, label))
+
+
 def _settings(settings: Any, label: str) -> dict[str, dict[str, Any]]:
     """The saved settings, checked as the game will apply them: bad settings are damage of the file."""
     if not (isinstance(settings, dict) and all(isinstance(v, dict) for v in settings.values())):
@@ -600,7 +606,8 @@ def _save_names(folder: Path) -> list[str]:
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _encode(data: SaveData) -> bytes:
+def encode_save(data: SaveData) -> bytes:
+    """The versioned document of a save, as bytes: what a save file holds and a server stores."""
     try:
         data.story.validate()
     except ValueError as err:
@@ -693,7 +700,7 @@ def write_save(folder: Path, name: str, data: SaveData, *, replace_damaged: bool
     renamed to `<name>.json.damaged` first.
     """
     path = save_path(folder, name)
-    payload = _encode(data)
+    payload = encode_save(data)
     try:
         temp = write_temp(path, payload)
     except OSError as err:

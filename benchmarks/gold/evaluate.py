@@ -2,45 +2,103 @@
 
     python benchmarks/gold/evaluate.py [benchmarks/gold/gold.jsonl]
 
-A detector is validated (counts in the bench's clean-turn rate) at precision >= 0.8 and
-recall >= 0.7 on the held-out (`test`) turns; the `dev` turns were read while it was written.
-The last lines give the gold set's own clean-turn rate, read from the labels.
+The split is fixed by adventure (see README.md): `dev` turns (the first seed of each setting)
+were read while the detectors were written and their thresholds set; `test` turns (the second
+seed) are held out. A detector is validated (counts in the bench's clean-turn rate) at
+precision >= 0.8 and recall >= 0.7 over at least 5 labelled glitches on the held-out half.
+The next lines give the gold set's own clean-turn and action-followed rates, read from the
+labels. Where `action_logprobs.jsonl` (written by `measure.py`) lies beside the gold set, the
+last lines report the likelihood experiment: how well the model's gain of the result given the
+action over "You wait." tells the labelled ignored actions, alone and with word overlap, at the
+threshold set on the development turns.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-from aidungeon.bench.detectors import DETECTORS, evaluate, read_gold
+from aidungeon.bench.detectors import DETECTORS, Score, as_shown, evaluate, ignored_action, read_gold
+
+# Set on the development turns: the gain (nats per token) under which an action counts as
+# ignored. At 0.10 "no overlap and a low gain" gave the best precision there (0.80) with the
+# most recall (0.57); no threshold reached both 0.8 and 0.7.
+GAIN_FLOOR = 0.10
+NEUTRAL = "You wait."
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _row(name: str, dev: Score, test: Score) -> str:
+    cells = [name, f"{dev.labelled} / {test.labelled}", _pct(dev.precision), _pct(dev.recall)]
+    cells += [_pct(test.precision), _pct(test.recall), "yes" if test.validated else "no"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("gold.jsonl")
     records = read_gold(path)
-    held_out = [r for r in records if r["split"] == "test"]
-    every = evaluate(records)
-    test = evaluate(held_out)
-    print(f"{len(records)} labelled turns from {path}, {len(held_out)} held out\n")
-    print(
-        "| detector | labelled true (held out / all) | precision held out | recall held out "
-        "| precision all | recall all | validated |"
-    )
+    dev = evaluate(r for r in records if r["split"] == "dev")
+    test = evaluate(r for r in records if r["split"] == "test")
+    relabelled = sum("relabel_reason" in r for r in records)
+    print(f"{len(records)} labelled turns from {path} ({relabelled} relabelled on rereading)\n")
+    print("| detector | labelled true (dev / held out) | P dev | R dev | P held out | R held out | validated |")
     print("|---|---|---|---|---|---|---|")
-    for name, s in test.items():
-        a = every[name]
-        row = [name, f"{s.labelled} / {a.labelled}", _pct(s.precision), _pct(s.recall)]
-        row += [_pct(a.precision), _pct(a.recall)]
-        print("| " + " | ".join([*row, "yes" if s.validated else "no"]) + " |")
+    for name in DETECTORS:
+        print(_row(name, dev[name], test[name]))
     clean = [not any(r["labels"].get(k) for k in (*DETECTORS, "incoherent")) for r in records]
     acted = [r for r in records if r["action"]]
     followed = sum(not r["labels"]["ignored_action"] for r in acted)
     print(f"\nclean turns by the labels: {sum(clean)}/{len(records)} = {sum(clean) / len(records):.1%}")
     print(f"actions followed by the labels: {followed}/{len(acted)} = {followed / len(acted):.1%}")
+    measured = path.with_name("action_logprobs.jsonl")
+    if measured.exists():
+        likelihood_experiment(records, {row["id"]: row for row in read_gold(measured)})
+
+
+def _gain(row: dict[str, Any], action: str) -> float:
+    """Nats per token by which the action explains the result better than "You wait." does."""
+    logprobs = row["logprobs"]
+    return (logprobs[action] - logprobs.get(NEUTRAL, logprobs[action])) / max(1, row["tokens"])
+
+
+def _auc(scores: list[float], labels: list[bool]) -> float | None:
+    """The chance that an ignored action scores lower than a followed one (ties count half)."""
+    low = [s for s, ignored in zip(scores, labels, strict=True) if ignored]
+    high = [s for s, ignored in zip(scores, labels, strict=True) if not ignored]
+    if not low or not high:
+        return None
+    wins = sum((a < b) + 0.5 * (a == b) for a in low for b in high)
+    return wins / (len(low) * len(high))
+
+
+def _pr(flags: list[bool], labels: list[bool]) -> str:
+    hit = sum(f and y for f, y in zip(flags, labels, strict=True))
+    flagged, wanted = sum(flags), sum(labels)
+    return f"P {_pct(hit / flagged if flagged else None)} R {_pct(hit / wanted if wanted else None)}"
+
+
+def likelihood_experiment(records: list[dict[str, Any]], rows: dict[str, dict[str, Any]]) -> None:
+    """The likelihood gain against the ignored-action labels, per split (turns measured only)."""
+    print(f"\nlikelihood experiment (gain over {NEUTRAL!r}, floor {GAIN_FLOOR} set on dev):")
+    for split in ("dev", "test"):
+        turns = [r for r in records if r["split"] == split and r["id"] in rows and r["action"]]
+        if not turns:
+            continue
+        gains = [_gain(rows[r["id"]], r["action"]) for r in turns]
+        labels = [bool(r["labels"]["ignored_action"]) for r in turns]
+        overlap = [ignored_action(as_shown(r)) for r in turns]
+        alone = [g < GAIN_FLOOR for g in gains]
+        both = [o and a for o, a in zip(overlap, alone, strict=True)]
+        auc = _auc(gains, labels)
+        print(
+            f"- {split}: {len(turns)} turns measured; AUC gain {_pct(auc)}, AUC overlap "
+            f"{_pct(_auc([0.0 if o else 1.0 for o in overlap], labels))}; gain alone {_pr(alone, labels)}; "
+            f"overlap alone {_pr(overlap, labels)}; overlap and gain {_pr(both, labels)}"
+        )
 
 
 if __name__ == "__main__":

@@ -207,3 +207,34 @@ def test_a_detector_needs_enough_labelled_glitches_to_be_validated() -> None:
     score = evaluate(records)["repetition"]
     assert score.precision == 1.0 and score.recall == 1.0
     assert not score.validated
+
+
+@pytest.mark.parametrize(
+    ("text", "action", "expected"),
+    [
+        ("With a great sword, you fired an arrow across the room.", "You draw your weapon.", True),
+        ("You slammed down a huge beam.", "You steal the lantern.", True),
+        ("You climbed to the top of the wall.", "You climb up.", False),
+        ("As you passed the rail, you saw the captain.", "You walk forward carefully.", False),
+        ("You noticed a light in the window.", "You look around.", False),
+        ("You reached the gate at dusk.", "You walk forward carefully.", False),
+    ],
+)
+def test_past_tense_moves_the_player_did_not_choose(text: str, action: str, expected: bool) -> None:
+    assert plays_player(shown(text, action)) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("You write on the wall. The White Lion.", True),
+        ("A beautiful lamp that has been passed down in your family.", True),
+        ("The object... You cannot tell what it is.", True),
+        ("The ground shimmers with shadow. The enemy ships flee.", False),
+        ("That shows how brave you are.", False),
+        ("You smile. (laughs) you never knew.", False),
+        ('"A fine blade," the smith says.', False),
+    ],
+)
+def test_a_noun_phrase_standing_alone_is_a_fragment(text: str, expected: bool) -> None:
+    assert fragment(shown(text)) is expected

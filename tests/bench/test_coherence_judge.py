@@ -3,8 +3,8 @@ the clean-turn rate early and late in a long adventure (no model needed)."""
 
 from __future__ import annotations
 
-from aidungeon.bench.coherence import Played, judge
-from aidungeon.bench.detectors import VALIDATED
+from aidungeon.bench.coherence import TABLE, Played, judge, tally
+from aidungeon.bench.detectors import DETECTORS, VALIDATED
 
 CLEAN = "You see a narrow corridor lit by torches."
 FIRST_PERSON = "I see a narrow corridor lit by torches."
@@ -33,4 +33,18 @@ def test_long_play_reports_the_first_and_last_twenty_turns() -> None:
     report = judge(turns)
     assert report["clean_turn_rate_1_20"] == 1.0
     assert report["clean_turn_rate_81_100"] == 0.0
-    assert "clean_turn_rate_81_100" not in judge(turns[:30])
+    assert judge(turns[:30])["clean_turn_rate_81_100"] is None
+
+
+def test_the_report_lists_what_the_clean_turn_rate_rests_on() -> None:
+    report = judge([played(1, CLEAN, ""), played(2, FIRST_PERSON)])
+    assert report["counted_detectors"] == ", ".join(VALIDATED)
+    assert set(report["unvalidated"]) == set(DETECTORS) - set(VALIDATED)
+    assert report["action_followed_validated"] == ("ignored_action" in VALIDATED)
+
+
+def test_the_cli_table_finds_every_row_in_a_report() -> None:
+    turns = [played(n, CLEAN) for n in range(1, 4)]
+    report = {**tally(turns).report(), **judge(turns)}
+    assert set(TABLE) <= report.keys()
+    assert report["clean_turn_rate_1_20"] == 1.0 and report["clean_turn_rate_81_100"] is None

@@ -63,6 +63,7 @@ def test_the_wheel_holds_every_package_the_stories_and_the_bench_data(tmp_path: 
     (wheel,) = out.glob("aidungeon-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "aidungeon/bench/data/coherence.toml" in names
+    assert {f"aidungeon/server/static/{p.name}" for p in (REPO / "aidungeon" / "server" / "static").iterdir()} <= names
     stories = {name for name in names if re.fullmatch(r"aidungeon/stories/[^/]+\.toml", name)}
     assert {f"aidungeon/stories/{p.name}" for p in (REPO / "stories").glob("*.toml")} <= stories and stories
     for package in ("", *SUBPACKAGES):

@@ -441,16 +441,23 @@ def import_file(path: Path) -> tuple[list[Story], list[str]]:
         raise SaveError(f"{path} is a folder, not a save file") from None
     except OSError as err:
         raise SaveError(f"cannot read {path}: {err.strerror or err}") from None
+    return import_bytes(raw, path.name)
+
+
+def import_bytes(raw: bytes, filename: str) -> tuple[list[Story], list[str]]:
+    """The stories in the bytes of another game's save file called `filename` (an upload)."""
+    if len(raw) > MAX_IMPORT_BYTES:
+        raise SaveError(f"{filename} is too large to import (at most {MAX_IMPORT_BYTES // 2**20} MB)")
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise SaveError(f"{path.name} is not JSON, so it is not a save aidungeon can import") from None
-    fmt = detect_format(data, source=path.name)
+        raise SaveError(f"{filename} is not JSON, so it is not a save aidungeon can import") from None
+    fmt = detect_format(data, source=filename)
     try:
-        found, notes = _IMPORTERS[fmt](data, path.stem)
+        found, notes = _IMPORTERS[fmt](data, Path(filename).stem)
         stories = [_build(parts) for parts in found]
     except SaveError as err:
-        raise SaveError(f"{path.name} looks like {_FORMAT_NAMES[fmt]} but cannot be read: {err}") from None
+        raise SaveError(f"{filename} looks like {_FORMAT_NAMES[fmt]} but cannot be read: {err}") from None
     if not stories:
-        raise SaveError(f"{path.name} holds no stories")
+        raise SaveError(f"{filename} holds no stories")
     return stories, notes

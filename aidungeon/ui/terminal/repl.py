@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import (
@@ -230,12 +231,28 @@ def run_events(renderer: Renderer, events: Iterable[Event], cancel: CancelToken 
     return pending
 
 
-def play(session: Session, terminal: Terminal, *, recap_shown: bool = False) -> int:
+class Playable(Protocol):
+    """What the loop drives besides a local `Session`: a story played elsewhere (a server's, through
+    aidungeon.client). The same lines and events; it says its own status and whether it is saved."""
+
+    @property
+    def unsaved(self) -> bool: ...
+
+    def begin(self, *, show_recap: bool = True, cancel: CancelToken | None = None) -> Iterator[Event]: ...
+
+    def handle(self, line: str, cancel: CancelToken | None = None) -> Iterator[Event]: ...
+
+    def status_line(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def play(session: Session | Playable, terminal: Terminal, *, recap_shown: bool = False) -> int:
     """The main loop, until /quit or the end of input. Returns the exit code: 1 when the
     adventure has changes that could not be saved even at the end (the error was shown)."""
     ended = _loop_events(session, terminal, partial(session.begin, show_recap=not recap_shown))
     while not ended:
-        terminal.status = status_line(session)
+        terminal.status = status_line(session) if isinstance(session, Session) else session.status_line()
         try:
             line = terminal.ask("\n> ")
         except KeyboardInterrupt:
@@ -246,10 +263,11 @@ def play(session: Session, terminal: Terminal, *, recap_shown: bool = False) -> 
             break
         ended = _loop_events(session, terminal, partial(session.handle, line))
     session.close()
-    return 1 if session.keeper.unsaved else 0
+    unsaved = session.keeper.unsaved if isinstance(session, Session) else session.unsaved
+    return 1 if unsaved else 0
 
 
-def _loop_events(session: Session, terminal: Terminal, start: Callable[..., Iterator[Event]]) -> bool:
+def _loop_events(session: Session | Playable, terminal: Terminal, start: Callable[..., Iterator[Event]]) -> bool:
     """Run `start(cancel=...)` with Ctrl-C cancelling it, render its events and answer the ones
     that need the player; True when the game should end."""
     cancel = CancelToken()

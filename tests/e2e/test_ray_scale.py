@@ -1,0 +1,340 @@
+"""The Ray Serve application on a real local Ray cluster: 2 game API replicas and an autoscaled
+engine deployment (2 to 3 replicas) on the tiny trained model, a shared database (a real
+PostgreSQL when AIDUNGEON_TEST_PG is set, else one SQLite file: the replicas share this machine),
+and simulated players over HTTP.
+
+It checks story affinity (a story's calls land on one replica and reuse its cache), that every
+player's turn completes under load, that the engine scales up under load and back down after,
+and that SIGKILL of an engine replica mid-load loses no turn a player was shown. The cluster is
+local and listens on 127.0.0.1 for HTTP (Ray's own ports bind all interfaces; see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+pytest.importorskip("ray.serve", reason='ray[serve] is not installed (pip install "aidungeon[scale]")')
+
+import ray
+import yaml
+from ray import serve
+
+from aidungeon.core.config import Sampling
+from aidungeon.server.scale.wire import request_to_wire, result_from_wire
+
+pytestmark = [pytest.mark.ray]
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_CONFIG = REPO / "aidungeon" / "server" / "scale" / "local.yaml"
+PG_URL = os.environ.get("AIDUNGEON_TEST_PG", "")
+# 20 players as the issue asks; the 2-core machine holds them (turns on the tiny model are short).
+PLAYERS = 20
+MIN_TURNS = 3
+LINES = ("look around", "open the door", "say hello", "walk north", "take the lamp")
+
+
+@dataclass
+class Cluster:
+    url: str
+    database: str  # "postgresql" or "sqlite": which one this run used
+    logs: Path  # the Ray session's logs, where replicas' warnings land
+
+
+@dataclass
+class Player:
+    story: str = ""
+    shown: list[str] = field(default_factory=list)  # each turn's result, as the player saw it
+    turns: int = 0
+    stalled: int = 0  # turns the game itself gave up on (the tiny model wrote nothing usable)
+    failures: list[str] = field(default_factory=list)  # turns that did not end, or ended in an error
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _database(tmp: Path) -> Iterator[tuple[str, str]]:
+    """A fresh schema on the test PostgreSQL, or an SQLite file; dropped afterwards."""
+    if not PG_URL:
+        yield f"sqlite:///{tmp / 'ray.db'}", "sqlite"
+        return
+    schema = f"ray_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False), "postgresql"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def _config(tmp: Path, model: Path, db: str, port: int) -> Path:
+    """The shipped local config with this run's model, database and port."""
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"].update(model=str(model), db=db)
+    path = tmp / "ray.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from aidungeon.server.ray_app import deploy_config
+
+    tmp = tmp_path_factory.mktemp("ray")
+    # Ray's own folder, short: its Unix socket paths must stay under 107 characters.
+    ray_dir = Path(tempfile.mkdtemp(prefix="adr", dir="/tmp"))
+    home = tmp / "home"
+    home.mkdir()
+    saved_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60 turns token auth on by default
+    databases = _database(tmp)
+    db, kind = next(databases)
+    env = {
+        "AIDUNGEON_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    # Logical CPUs, not cores: replicas ask for fractions, and the 2 real cores are shared anyway.
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": env},
+        log_to_driver=False,
+        _temp_dir=str(ray_dir),
+    )
+    try:
+        url = deploy_config(_config(tmp, trained_model_dir, db, _free_port()), wait_s=300)
+        print(f"ray cluster up at {url}; database: {kind}")
+        yield Cluster(url=url, database=kind, logs=ray_dir / "session_latest" / "logs")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        next(databases, None)
+
+
+def _engine_replicas(*states: str) -> int:
+    """Engine replicas in these states (default: every state but stopping)."""
+    counts = serve.status().applications["aidungeon"].deployments["Engine"].replica_states
+    by_name = {getattr(state, "value", str(state)): int(n) for state, n in counts.items()}
+    wanted = states or ("STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION")
+    return sum(by_name.get(state, 0) for state in wanted)
+
+
+def _retried_turns(logs: Path) -> int:
+    """Engine calls a game API replica sent again after losing an engine replica (RayEngine's warning)."""
+    return sum(path.read_text(errors="replace").count("engine replica lost mid-turn") for path in logs.glob("worker-*"))
+
+
+def _wait_for(condition: Any, timeout: float, what: str) -> float:
+    """Seconds until `condition()` held; fails the test after `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def _generate(handle: Any, session: str, ids: list[int]) -> dict[str, Any]:
+    """One engine call from the driver, as a game API replica makes it; the final message."""
+    from aidungeon.core.cancel import CancelToken
+    from aidungeon.model.protocol import Request
+
+    request = Request(session, tuple(ids), Sampling(max_new_tokens=8), CancelToken(), seed=1)
+    last: dict[str, Any] = {}
+    for message in handle.options(stream=True).generate.remote(request_to_wire(request)):
+        last = message
+    return last
+
+
+def test_a_request_crosses_the_wire_with_its_stop_rule_and_comes_back_as_a_result() -> None:
+    from aidungeon.core.cancel import CancelToken
+    from aidungeon.game.rules import GuardRules
+    from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason
+    from aidungeon.server.scale.wire import request_from_wire, result_to_wire
+
+    rule = GuardRules().stop_rule("Ada")
+    sent = Request("s1", (5, 6, 7), Sampling(temperature=0.5), CancelToken(), n=2, stop=rule, seed=9)
+    wire = pickle.loads(pickle.dumps(request_to_wire(sent)))  # plain data: it survives any pickler
+    cancel = CancelToken()
+    got = request_from_wire(wire, cancel)
+    assert (got.session, got.prompt_ids, got.sampling, got.n, got.seed) == ("s1", (5, 6, 7), sent.sampling, 2, 9)
+    assert got.cancel is cancel and got.stop is not None
+    text = "The door opens.\n> You walk in."
+    assert got.stop(text) == rule(text) is not None  # the rebuilt rule cuts where the game's does
+    assert got.stop("The door opens.") is None
+    result = Result([Completion("a", [1, 2], -0.5, StopReason.STOP)], GenerationStats(prompt_tokens=3, reused_tokens=2))
+    assert result_from_wire(pickle.loads(pickle.dumps(result_to_wire(result)))) == result
+
+
+def test_a_new_replica_takes_over_only_the_stories_it_becomes_home_to() -> None:
+    from aidungeon.server.scale.routing import home_order
+
+    @dataclass(frozen=True)
+    class Id:
+        unique_id: str
+
+    @dataclass(frozen=True)
+    class Replica:
+        replica_id: Id
+
+    two = [Replica(Id("aaaa")), Replica(Id("bbbb"))]
+    three = [*two, Replica(Id("cccc"))]
+    stories = [f"story-{n}" for n in range(300)]
+    before = {s: home_order(s, two)[0] for s in stories}  # type: ignore[arg-type]
+    after = {s: home_order(s, three)[0] for s in stories}  # type: ignore[arg-type]
+    moved = [s for s in stories if before[s] != after[s]]
+    assert all(after[s] == three[2] for s in moved)  # nothing moves between the old replicas
+    assert 60 < len(moved) < 140  # about a third move to the new one
+    assert sum(after[s] == two[0] for s in stories) > 60  # and the rest stay spread
+    backwards = list(reversed(two))
+    assert before == {s: home_order(s, backwards)[0] for s in stories}  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_storys_engine_calls_stay_on_one_replica_and_reuse_its_cache(cluster: Cluster) -> None:
+    handle = serve.get_deployment_handle("Engine", app_name="aidungeon")
+    info = handle.describe.remote().result()
+    tokenizer = info["tokenizer"]
+    replicas: set[str] = set()
+    for n in range(8):
+        session = f"affinity-{n}"
+        first = tokenizer.encode(f"You are explorer {n}. You enter a dark cave and look around.")
+        one = _generate(handle, session, first)
+        grown = first + result_from_wire(one["result"]).completions[0].token_ids + tokenizer.encode(" > You go on.")
+        two = _generate(handle, session, grown)
+        assert two["replica"] == one["replica"], f"{session} moved from {one['replica']} to {two['replica']}"
+        stats = result_from_wire(two["result"]).stats
+        assert stats.reused_tokens >= len(first), stats  # its second turn prefilled only the new part
+        replicas.add(one["replica"])
+    assert len(replicas) >= 2, "8 stories all homed on one replica: the routing spreads nothing"
+
+
+@pytest.mark.slow
+def test_the_kobold_and_openai_apis_answer_through_the_cluster(cluster: Cluster) -> None:
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        assert client.get("/api/v1/model").json()["result"]
+        answer = client.post("/v1/completions", json={"prompt": "You enter the cave.", "max_tokens": 8, "stop": ["\n"]})
+        assert answer.status_code == 200, answer.text
+        assert isinstance(answer.json()["choices"][0]["text"], str)
+
+
+def _events(body: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for frame in body.split("\n\n"):
+        if frame.strip():
+            lines = dict(line.split(": ", 1) for line in frame.split("\n"))
+            events.append({"end": True} if lines.get("event") == "end" else json.loads(lines["data"]))
+    return events
+
+
+def _turn(client: httpx.Client, story: str, line: str) -> list[dict[str, Any]]:
+    """One turn; a refused or dropped request (a game API replica gone, 503) is sent again."""
+    for attempt in range(5):
+        try:
+            with client.stream("POST", f"/api/stories/{story}/turns", json={"text": line}) as response:
+                if response.status_code in (502, 503):
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                response.raise_for_status()
+                return _events("".join(response.iter_text()))
+        except httpx.TransportError:
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError(f"turn on {story} refused 5 times")
+
+
+def _play(url: str, player: Player, number: int, stop: threading.Event) -> None:
+    with httpx.Client(base_url=url, timeout=120) as client:
+        created = client.post("/api/stories", json={"prompt": f"You are player {number}, lost in a castle."})
+        player.story = created.json()["id"]
+        while not stop.is_set() or player.turns < MIN_TURNS:
+            events = _turn(client, player.story, LINES[player.turns % len(LINES)])
+            player.turns += 1
+            results = [e["text"] for e in events if e.get("kind") == "result"]
+            errors = [e for e in events if e.get("kind") == "error"]
+            if events[-1] == {"end": True} and not results and [e.get("data") for e in errors] == ["stalled"]:
+                player.stalled += 1  # a game outcome: the turn is taken out of the story, as in the terminal
+            elif events[-1] != {"end": True} or len(results) != 1 or errors:
+                player.failures.append(f"turn {player.turns}: {events[-3:]}")
+            player.shown.extend(results)
+
+
+@pytest.mark.slow
+def test_players_under_load_scale_up_survive_a_killed_engine_and_scale_down(cluster: Cluster) -> None:
+    handle = serve.get_deployment_handle("Engine", app_name="aidungeon")
+    assert _engine_replicas("RUNNING") == _engine_replicas() == 2
+    players = [Player() for _ in range(PLAYERS)]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_play, args=(cluster.url, p, n, stop), daemon=True) for n, p in enumerate(players)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        decided_s = _wait_for(lambda: _engine_replicas() >= 3, 120, "the engine decided to scale up under load")
+        up_s = _wait_for(lambda: _engine_replicas("RUNNING") >= 3, 180, "the third engine replica started")
+        # Kill the replica a busy story lives on, with every player mid-game.
+        victim = _generate(handle, players[0].story or "victim", [1, 2, 3])["pid"]
+        turns_before = sum(p.turns for p in players)
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: sum(p.turns for p in players) >= turns_before + 2 * PLAYERS, 120, "play went on")
+        # Still under load, the engine is back at 3 (a replacement), so scaling down below is real.
+        _wait_for(lambda: _engine_replicas("RUNNING") >= 3, 180, "the engine replaced the killed replica")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(180)
+    down_s = _wait_for(lambda: _engine_replicas() == 2, 120, "the engine scaled back down after the load")
+    turns, stalled = sum(p.turns for p in players), sum(p.stalled for p in players)
+    print(
+        f"{PLAYERS} players, {turns} turns ({stalled} stalled by the game) on {cluster.database}; "
+        f"scale-up decided in {decided_s:.1f} s and running {up_s:.1f} s later; back to 2 replicas {down_s:.1f} s "
+        f"after the load; {_retried_turns(cluster.logs)} engine calls retried after the kill"
+    )
+
+    assert not any(t.is_alive() for t in threads)
+    # Every turn ended, with its result or the game's own "stalled"; none in an error (a lost
+    # engine replica is retried without a word to the player).
+    assert [f for p in players for f in p.failures] == []
+    assert stalled <= turns // 4, "most turns should give text even on the tiny model"
+    assert _retried_turns(cluster.logs) >= 1, "the killed replica had no call in flight: the kill tested nothing"
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        for player in players:
+            assert player.turns >= MIN_TURNS
+            stored = client.get(f"/api/stories/{player.story}").json()["path"]
+            # Every result a player was shown is in the database, in order; nothing else is.
+            assert [t["result"] for t in stored] == player.shown
