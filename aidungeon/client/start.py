@@ -16,7 +16,8 @@ from aidungeon.client.api import GameAPI
 from aidungeon.client.session import pick_story
 from aidungeon.core.errors import StoryError
 from aidungeon.game.events import Event, EventKind
-from aidungeon.ui.terminal.repl import QUIT_COMMANDS, Terminal
+from aidungeon.ui.terminal.menu import ask_line, ask_opening
+from aidungeon.ui.terminal.repl import Terminal
 
 
 def choose_story(args: argparse.Namespace, api: GameAPI, terminal: Terminal) -> str:
@@ -43,7 +44,7 @@ def _menu(api: GameAPI, settings: list[dict[str, Any]], terminal: Terminal) -> s
         options.append(("load", f"Continue one of your stories ({len(stories)} on the server)"))
     picked = terminal.choose("Pick a setting", options)
     if picked == "custom":
-        return api.create({"prompt": _ask_opening(terminal)})
+        return api.create({"prompt": ask_opening(terminal)})
     if picked == "load":
         choices = [(str(s["id"]), f"{s.get('title', '')} ({s.get('turns', 0)} turns)") for s in stories]
         return terminal.choose("Pick a story", choices)
@@ -64,24 +65,5 @@ def _from_setting(
     characters = [str(c) for c in setting.get("characters", [])]
     if not character:
         character = terminal.choose("Pick a character", [(c, c) for c in characters]) if characters else "1"
-    player = name if name is not None else _ask_line(terminal, "\nWhat is your character's name? ")
+    player = name if name is not None else ask_line(terminal, "\nWhat is your character's name? ")
     return api.create({"setting": str(setting["id"]), "character": character, "name": player})
-
-
-def _ask_opening(terminal: Terminal) -> str:
-    hint = "Alt-Enter (or Esc, Enter) to finish" if terminal.interactive else "an empty line to finish"
-    terminal.renderer.show(Event(EventKind.INFO, f"Write the opening of your story ({hint}):"))
-    while True:
-        opening = terminal.ask_multiline("> ").strip()
-        if opening.lower() in QUIT_COMMANDS:
-            raise EOFError
-        if opening:
-            return opening
-        terminal.renderer.show(Event(EventKind.ERROR, "the opening cannot be empty"))
-
-
-def _ask_line(terminal: Terminal, prompt: str) -> str:
-    answer = terminal.ask(prompt, history=False)
-    if answer.strip().lower() in QUIT_COMMANDS:
-        raise EOFError
-    return answer

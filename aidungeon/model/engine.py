@@ -44,7 +44,7 @@ from aidungeon.core.cancel import CancelToken
 from aidungeon.core.config import Sampling
 from aidungeon.core.errors import OutOfMemoryError
 from aidungeon.model.cpu.fastpath import DecodeStep, Group
-from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason, StopRule
+from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason, StopRule, check_request
 from aidungeon.model.sampling import build_processors, sample_next
 from aidungeon.model.sessions import SessionCache, SessionCaches, capacity
 
@@ -260,14 +260,7 @@ class Engine:
 
     def submit(self, request: Request) -> Generation:
         """Queue a request; it joins the running batch at the next step. Safe from any thread."""
-        if not request.prompt_ids:
-            raise ValueError("the prompt is empty")
-        if request.n < 1:
-            raise ValueError(f"n must be at least 1, got {request.n}")
-        if len(request.prompt_ids) + request.sampling.max_new_tokens > self.window:
-            raise ValueError(
-                f"prompt of {len(request.prompt_ids)} tokens leaves no room in a {self.window}-token window"
-            )
+        check_request(request, self.window)
         job = _Job(request, self._processors(request), self._generator(request.seed))
         self._pending.append(job)
         return Generation(self, job)

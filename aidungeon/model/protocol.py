@@ -96,6 +96,16 @@ class Request:
     reuse_cache: bool = True
 
 
+def check_request(request: Request, window: int) -> None:
+    """ValueError for a request no engine can run: empty, no candidates, or too long for `window`."""
+    if not request.prompt_ids:
+        raise ValueError("the prompt is empty")
+    if request.n < 1:
+        raise ValueError(f"n must be at least 1, got {request.n}")
+    if len(request.prompt_ids) + request.sampling.max_new_tokens > window:
+        raise ValueError(f"prompt of {len(request.prompt_ids)} tokens leaves no room in a {window}-token window")
+
+
 class Handle(Protocol):
     """A submitted request: iterate for the streamed pieces, then read the result."""
 

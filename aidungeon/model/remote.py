@@ -33,7 +33,7 @@ from typing import Any
 from aidungeon.core.config import Sampling
 from aidungeon.core.context import CHATML, PLAIN, Layout
 from aidungeon.core.errors import BackendError, ConfigError
-from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason, StopRule
+from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason, StopRule, check_request
 from aidungeon.model.remote_http import EventStream, RemoteTokenizer, Wire
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,7 @@ class RemoteEngine:
         return self.tokenizer.decode(ids)
 
     def submit(self, request: Request) -> RemoteGeneration:
-        if not request.prompt_ids:
-            raise ValueError("the prompt is empty")
-        if request.n < 1:
-            raise ValueError(f"n must be at least 1, got {request.n}")
-        if len(request.prompt_ids) + request.sampling.max_new_tokens > self.window:
-            raise ValueError(
-                f"prompt of {len(request.prompt_ids)} tokens leaves no room in a {self.window}-token window"
-            )
+        check_request(request, self.window)
         return RemoteGeneration(self, request)
 
     # -- what the server is asked -------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import tempfile
 import threading
 import time
@@ -21,7 +20,6 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-import uvicorn
 from fastapi.testclient import TestClient
 from schemathesis.checks import not_a_server_error
 
@@ -200,26 +198,6 @@ def test_fit_prompt_cuts_the_memory_last() -> None:
 
 
 # -- abort, disconnect, the queue, tokens -----------------------------------------------------
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[str, Server]]:
-    made = make_server(tmp_path)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app = create_app(made.state, routers=routers(), cors_paths=CORS_PATHS)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", made
-    made.engine.gate.set()
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-    made.state.db.dispose()
 
 
 def _wait(condition: object, seconds: float = 10) -> bool:

@@ -61,7 +61,7 @@ def _menu(settings: list[prompts.Setting], paths: Paths, terminal: Terminal) -> 
         options.append(("load", "Load a saved adventure"))
     picked = terminal.choose("Pick a setting", options)
     if picked == "custom":
-        return StartChoice(prompts.custom_story(_ask_opening(terminal)))
+        return StartChoice(prompts.custom_story(ask_opening(terminal)))
     if picked == "load":
         infos = saves.list_saves(paths.saves_dir)
         name = terminal.choose("Pick a save", [(i.name, f"{i.name} ({i.title}, {i.turns} turns)") for i in infos])
@@ -76,11 +76,11 @@ def _from_setting(setting: prompts.Setting, character: str | None, name: str | N
     else:
         options = [(c.name, f"{c.name} - {c.description}" if c.description else c.name) for c in setting.characters]
         chosen = setting.character(terminal.choose("Pick a character", options))
-    player = name if name is not None else _ask_line(terminal, "\nWhat is your character's name? ")
+    player = name if name is not None else ask_line(terminal, "\nWhat is your character's name? ")
     return prompts.new_story(prompts.starting_story_parts(setting, chosen, player), player)
 
 
-def _ask_opening(terminal: Terminal) -> str:
+def ask_opening(terminal: Terminal) -> str:
     hint = "Alt-Enter (or Esc, Enter) to finish" if terminal.interactive else "an empty line to finish"
     terminal.renderer.show(Event(EventKind.INFO, f"Write the opening of your story ({hint}):"))
     while True:
@@ -92,7 +92,7 @@ def _ask_opening(terminal: Terminal) -> str:
         terminal.renderer.show(Event(EventKind.ERROR, "the opening cannot be empty"))
 
 
-def _ask_line(terminal: Terminal, prompt: str) -> str:
+def ask_line(terminal: Terminal, prompt: str) -> str:
     """One free-text answer; a quit command leaves the menu (EOFError, as Ctrl-D)."""
     answer = terminal.ask(prompt, history=False)
     if answer.strip().lower() in QUIT_COMMANDS:
