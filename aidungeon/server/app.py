@@ -92,18 +92,20 @@ def create_app(state: ServerState, *, routers: tuple[Any, ...] = (), cors_paths:
     return app
 
 
-def status_for(err: AIDungeonError) -> int:
-    """The HTTP status of one of the game's errors (400 when nothing more specific fits)."""
-    return next((code for kind, code in _STATUS if isinstance(err, kind)), 400)
-
-
-async def _game_error(request: Request, err: AIDungeonError) -> JSONResponse:
-    status = status_for(err)
+def status_for(err: AIDungeonError, request: Request) -> tuple[int, dict[str, str]]:
+    """The HTTP status of one of the game's errors (400 when nothing more specific fits), and the
+    headers that go with it (Retry-After on 429 and 503)."""
+    status = next((code for kind, code in _STATUS if isinstance(err, kind)), 400)
     headers = {}
     if isinstance(err, RateLimited):
         headers["Retry-After"] = str(max(1, round(err.retry_after)))
     elif status == 503:
         headers["Retry-After"] = str(request.app.state.server.limits.retry_after_s)
+    return status, headers
+
+
+async def _game_error(request: Request, err: AIDungeonError) -> JSONResponse:
+    status, headers = status_for(err, request)
     return JSONResponse({"detail": str(err)}, status_code=status, headers=headers)
 
 

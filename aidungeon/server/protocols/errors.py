@@ -19,7 +19,6 @@ from fastapi.routing import APIRoute
 
 from aidungeon.core.errors import AIDungeonError
 from aidungeon.server.app import status_for
-from aidungeon.server.limits import RateLimited
 
 # render(status, message) -> the JSON body
 Render = Callable[[int, str], dict[str, Any]]
@@ -54,12 +53,7 @@ def shaped_route(render: Render) -> type[APIRoute]:
 def _answer(err: Exception, request: Request) -> tuple[int, str, dict[str, str]] | None:
     """(status, one line, headers) for an error a client caused or may retry; None for a bug."""
     if isinstance(err, AIDungeonError):
-        status = status_for(err)
-        headers = {}
-        if isinstance(err, RateLimited):
-            headers["Retry-After"] = str(max(1, round(err.retry_after)))
-        elif status == 503:
-            headers["Retry-After"] = str(request.app.state.server.limits.retry_after_s)
+        status, headers = status_for(err, request)
         return status, str(err), headers
     if isinstance(err, HTTPException):
         return err.status_code, str(err.detail), dict(err.headers or {})
