@@ -129,6 +129,18 @@ class Player:
     def send(self, keys: str) -> None:
         self.child.send(keys)
 
+    def start_custom(self, opening: str) -> str:
+        """From the start menu, pick "custom" and type the multi-line `opening` (lines split at
+        newlines: Enter adds a line, Esc+Enter finishes); returns what the game then showed."""
+        self.expect("Pick a setting")
+        self.expect("Custom - write your own opening")
+        self.prompt()
+        self.send("custom\r")
+        self.expect("Write the opening")
+        self.prompt()
+        self.send(opening.replace("\n", "\r") + "\x1b\r")
+        return plain(self.prompt())
+
     def line(self, text: str) -> str:
         """Type a line at a ready prompt, and wait for the next prompt; returns what was shown."""
         self.send(text + "\r")
@@ -167,16 +179,8 @@ def read(name: str) -> saves.SaveData:
 def test_a_new_player_plays_stops_and_resumes(trained_model_dir: Path, env: dict[str, str]) -> None:
     player = Player(["--model", str(trained_model_dir), "--seed", "1"], dict(env, AIDUNGEON_TEST_TOKEN_DELAY="0.04"))
 
-    # 1. the menu: pick "custom"
-    player.expect("Pick a setting")
-    player.expect("Custom - write your own opening")
-    player.prompt()
-    player.send("custom\r")
-    # 2. a multi-line opening: Enter adds a line, Esc+Enter (Alt-Enter) finishes it
-    player.expect("Write the opening")
-    player.prompt()
-    player.send("You are in a dark cave.\rA troll sleeps by the fire.\x1b\r")
-    shown = plain(player.prompt())
+    # 1. the menu: pick "custom"; 2. a multi-line opening (Enter adds a line, Esc+Enter finishes)
+    shown = player.start_custom("You are in a dark cave.\nA troll sleeps by the fire.")
     assert "You are in a dark cave." in shown and "A troll sleeps by the fire." in shown
 
     # 3. three actions, each answered and followed by a status bar

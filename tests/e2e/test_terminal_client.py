@@ -65,14 +65,7 @@ def test_the_terminal_plays_a_server_story(served: ServeProcess, tmp_path: Path)
     player = Player(["--server", url], client_env(tmp_path))
 
     # 1. the server's menu: its settings, and a custom opening
-    player.expect("Pick a setting")
-    player.expect("Custom - write your own opening")
-    player.prompt()
-    player.send("custom\r")
-    player.expect("Write the opening")
-    player.prompt()
-    player.send("You are in a dark cave.\rA troll sleeps by the fire.\x1b\r")
-    shown = plain(player.prompt())
+    shown = player.start_custom("You are in a dark cave.\nA troll sleeps by the fire.")
     assert "You are in a dark cave." in shown and "A troll sleeps by the fire." in shown
     story_id = httpx.get(f"{url}/api/stories", timeout=30).json()[0]["id"]
     assert path_of(url, story_id)[0]["result"]  # the first continuation, written on the server

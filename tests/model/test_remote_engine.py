@@ -289,19 +289,23 @@ def test_doctor_says_when_the_remote_model_is_unreachable(
     assert f"cannot reach the model server at {url}: is it running?" in capsys.readouterr().out
 
 
-def test_the_terminal_game_plays_on_a_remote_server(peer: FakeOpenAIServer) -> None:
-    """`aidungeon --model openai:URL` through a pipe, as a player runs it: a turn, then /quit."""
-    peer.state.script = ["A cold wind blows through the cave. Somewhere, water drips."]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
-    played = subprocess.run(
-        [sys.executable, "-m", "aidungeon", "--model", f"openai:{peer.url}", "--prompt", "You stand in a cave."],
+def play_piped(url: str) -> subprocess.CompletedProcess[str]:
+    """`aidungeon --model openai:URL` through a pipe, as a player runs it: one action, then /quit."""
+    return subprocess.run(
+        [sys.executable, "-m", "aidungeon", "--model", f"openai:{url}", "--prompt", "You stand in a cave."],
         input="look around\n/quit\n",
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"},
         cwd=REPO,
     )
+
+
+def test_the_terminal_game_plays_on_a_remote_server(peer: FakeOpenAIServer) -> None:
+    """`aidungeon --model openai:URL` through a pipe, as a player runs it: a turn, then /quit."""
+    peer.state.script = ["A cold wind blows through the cave. Somewhere, water drips."]
+    played = play_piped(peer.url)
     assert played.returncode == 0, played.stdout + played.stderr
     assert "A cold wind blows through the cave." in played.stdout
     assert "Traceback" not in played.stdout + played.stderr
@@ -312,16 +316,7 @@ def test_the_terminal_game_plays_on_a_remote_server(peer: FakeOpenAIServer) -> N
 def test_the_terminal_game_says_when_the_server_is_not_there(peer: FakeOpenAIServer) -> None:
     url = peer.url
     peer.stop()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
-    played = subprocess.run(
-        [sys.executable, "-m", "aidungeon", "--model", f"openai:{url}", "--prompt", "You stand in a cave."],
-        input="look around\n/quit\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO,
-    )
+    played = play_piped(url)
     assert played.returncode == 1
     assert played.stderr.strip() == f"aidungeon: cannot reach the model server at {url}: is it running? " + (
         "([Errno 111] Connection refused)"
