@@ -110,6 +110,7 @@ class TurnCost:
     new_tokens: int
     prefill_tokens: int
     seconds: float
+    replayed: bool = False  # answered from what the server had saved (the line was sent again)
 
 
 class GameAPI:
@@ -206,7 +207,7 @@ class GameAPI:
 
     def _send_turn(self, story_id: str, line: str, cancel: CancelToken, turn: _Turn) -> Iterator[Event]:
         """One send of the turn. Its answer starts with what an earlier send showed (the action,
-        ...): those are passed over, so the player sees each once."""
+        a saved result): those are passed over, so the player sees each once."""
         started = time.monotonic()
         response = yield from self._open_turn(story_id, line, cancel, turn)
         if response is None:
@@ -215,8 +216,9 @@ class GameAPI:
         for event in self._stream(response, cancel, started):
             turn.previewing = event.kind is EventKind.PIECE or (turn.previewing and event.kind is not EventKind.RESULT)
             if event.kind not in _PREVIEW:
-                if repeated and event == repeated[0]:
-                    repeated.pop(0)
+                if event in repeated:
+                    # Shown already, in this order: a saved answer may leave out some of what came before.
+                    del repeated[: repeated.index(event) + 1]
                     continue
                 repeated.clear()
                 turn.shown.append(event)
@@ -456,7 +458,7 @@ def _cost(body: dict[str, Any], seconds: float) -> TurnCost:
         value = body.get(key)
         return value if isinstance(value, int) else 0
 
-    return TurnCost(count("new_tokens"), count("prefill_tokens"), seconds)
+    return TurnCost(count("new_tokens"), count("prefill_tokens"), seconds, body.get("replayed") is True)
 
 
 def _dropped(url: str) -> ServerLost:
