@@ -58,17 +58,28 @@ class Player:
         return [turn["result"] for turn in self.api.story(self.story)["path"]]
 
 
+class Servers(list[ServeProcess]):
+    """The servers a test starts, and the threads still starting more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starting: list[threading.Thread] = []
+
+
 @pytest.fixture
-def servers() -> Iterator[list[ServeProcess]]:
-    """The servers a test starts; each is stopped at the end, whatever happened."""
-    started: list[ServeProcess] = []
+def servers() -> Iterator[Servers]:
+    """The servers a test starts; each is stopped at the end, whatever happened (a restart still
+    under way when a test fails is waited for first, so its process is stopped too)."""
+    started = Servers()
     yield started
+    for thread in started.starting:
+        thread.join(120)
     for server in started:
         server.stop(signal.SIGKILL)
 
 
 def test_a_turn_on_a_server_killed_mid_stream_finishes_on_the_other(
-    tmp_path: Path, trained_model_dir: Path, db_url: str, servers: list[ServeProcess]
+    tmp_path: Path, trained_model_dir: Path, db_url: str, servers: Servers
 ) -> None:
     servers.append(first := start_serve(tmp_path / "a", trained_model_dir, db=db_url))
     servers.append(second := start_serve(tmp_path / "b", trained_model_dir, db=db_url))
@@ -96,7 +107,7 @@ class KillOnResult:
     """SIGKILLs the newest server as the player is shown a result (saved before it was shown;
     the server dies before its `end`), and starts a fresh one on the same port and database."""
 
-    def __init__(self, servers: list[ServeProcess], home: Path, model: Path, db: str) -> None:
+    def __init__(self, servers: Servers, home: Path, model: Path, db: str) -> None:
         self.servers, self.home, self.model, self.db = servers, home, model, db
         self.port = str(urlsplit(servers[-1].url).port)
         self.restart: threading.Thread | None = None
@@ -105,6 +116,7 @@ class KillOnResult:
         if event.kind is EventKind.RESULT and self.restart is None:
             self.servers[-1].stop(signal.SIGKILL)
             self.restart = threading.Thread(target=self._start)
+            self.servers.starting.append(self.restart)
             self.restart.start()
 
     def _start(self) -> None:
@@ -119,7 +131,7 @@ class KillOnResult:
 
 
 def test_a_server_killed_after_showing_a_result_answers_it_again_once_restarted(
-    tmp_path: Path, trained_model_dir: Path, db_url: str, servers: list[ServeProcess]
+    tmp_path: Path, trained_model_dir: Path, db_url: str, servers: Servers
 ) -> None:
     home = tmp_path / "home"
     servers.append(start_serve(home, trained_model_dir, db=db_url))
