@@ -203,7 +203,11 @@ def play(args: argparse.Namespace, paths: Paths, console: Any) -> int:
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     client = parser.add_argument_group("playing on a server (aidungeon serve)")
-    client.add_argument("--server", metavar="URL", help="play your stories on this server instead of a local model")
+    client.add_argument(
+        "--server",
+        metavar="URL",
+        help="play your stories on this server instead of a local model (several of one database: URL,URL)",
+    )
     client.add_argument("--token", help="your bearer token on that server (default: $AIDUNGEON_TOKEN)")
 
 

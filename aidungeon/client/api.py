@@ -2,10 +2,18 @@
 
 `GameAPI` lists, reads, creates and exports stories, and plays a turn as a stream of the game's
 events. Every failure becomes one `ServerError` (an AIDungeonError) whose message is one line for
-the player: busy (503, retried once after its Retry-After), gone (refused or dropped), needs a
+the player: busy (503 with Retry-After, retried once after it), gone (refused or dropped), needs a
 token (401), busy story (409). A turn's response is read in a worker thread so that the caller's
 cancel token can stop it at any moment: the connection is shut, which cancels the turn on the
 server. Nothing here renders, loads a model or imports the server's code.
+
+A server (or one replica behind a proxy) that dies is survived: a refused or dropped connection,
+or a 500/502/504 or a 503 without Retry-After (a proxy's answer, not the game's), is tried again
+a bounded number of times with growing waits, through the next of the given URLs (a comma-separated
+list; one URL behind a proxy that routes to a live replica is enough). Each turn is sent with its
+own `Idempotency-Key`, so sending it again never plays it twice: the server answers a turn it had
+saved with what it showed. The player sees one notice line for the turn, and the events already
+shown are not shown again.
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +43,11 @@ MAX_RETRY_WAIT_S = 10.0
 SETTLE_S = 10.0
 POLL_S = 0.05
 STOPPED = "Stopped. The server ends the turn without a result; /retry generates again, or type another action."
+LOST = "Lost the connection to the server; trying again (Ctrl-C stops)."
+# Answers that mean "not this replica, not now" rather than "no": a proxy's, or a dying server's.
+LOST_STATUSES = frozenset({500, 502, 503, 504})
+# Streamed previews: a retried turn streams its own, so these are never compared or kept.
+_PREVIEW = (EventKind.PIECE, EventKind.RESTART)
 
 
 class ServerError(AIDungeonError):
@@ -42,6 +56,15 @@ class ServerError(AIDungeonError):
 
 class ServerGone(ServerError):
     """Connection refused, or dropped before the turn ended."""
+
+
+class ServerLost(ServerGone):
+    """Worth sending again: the connection was refused or dropped, or a proxy answered 5xx.
+    `unsent` when the request surely never reached the game (refused before it was sent)."""
+
+    def __init__(self, message: str, *, unsent: bool = False) -> None:
+        super().__init__(message)
+        self.unsent = unsent
 
 
 class ServerBusy(ServerError):
@@ -53,30 +76,67 @@ class StoryBusy(ServerError):
 
 
 @dataclass(frozen=True)
+class Retry:
+    """How a lost server is tried again: `tries` sends in all, the waits between them doubling from
+    `first_s` up to `most_s` (the defaults wait 0.5 + 1 + 2 + 4 s: long enough for a proxy to stop
+    routing to a dead replica, or for a restarted server to listen again)."""
+
+    tries: int = 5
+    first_s: float = 0.5
+    most_s: float = 4.0
+
+    def waits(self) -> Iterator[float]:
+        """The waits before each send after the first."""
+        wait = self.first_s
+        for _ in range(self.tries - 1):
+            yield wait
+            wait = min(wait * 2, self.most_s)
+
+
+@dataclass
+class _Turn:
+    """One turn across its sends: its key, what the player was shown, and whether they were told."""
+
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    shown: list[Event] = field(default_factory=list)
+    noticed: bool = False
+    previewing: bool = False  # pieces are on screen that no result has replaced yet
+
+
+@dataclass(frozen=True)
 class TurnCost:
     """What the last turn cost, from its `event: end`, and how long it took here."""
 
     new_tokens: int
     prefill_tokens: int
     seconds: float
+    replayed: bool = False  # answered from what the server had saved (the line was sent again)
 
 
 class GameAPI:
-    """A client of one server's game API, with the player's bearer token (if any)."""
+    """A client of a server's game API, with the player's bearer token (if any). `url` may list
+    several servers (or proxies) of one database, comma-separated: a lost one hands over to the next."""
 
-    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0) -> None:
-        url = url.strip().rstrip("/")
-        self.url = url if "://" in url else f"http://{url}"  # "host:port" as a player would type it
+    def __init__(
+        self, url: str, token: str | None = None, *, timeout_s: float = 30.0, retry: Retry | None = None
+    ) -> None:
+        self.urls = [_server_url(one) for one in url.split(",") if one.strip()] or [_server_url(url)]
+        self._at = 0
         self.has_token = bool(token)
+        self.retry = retry or Retry()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0))
-        except (httpx.InvalidURL, ValueError) as err:
-            raise ServerError(f"{url!r} is not a server URL ({err}); give one like http://127.0.0.1:5001") from None
-        if urlsplit(self.url).scheme not in ("http", "https"):
-            raise ServerError(f"{url!r} is not a server URL; give one like http://127.0.0.1:5001")
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0))
         self._settling = False
         self.last_turn: TurnCost | None = None
+
+    @property
+    def url(self) -> str:
+        """The server this client talks to now."""
+        return self.urls[self._at]
+
+    def _hand_over(self) -> None:
+        """After losing the current server: the next one of the list (the same one when alone)."""
+        self._at = (self._at + 1) % len(self.urls)
 
     def close(self) -> None:
         self._http.close()
@@ -102,7 +162,8 @@ class GameAPI:
 
     def create(self, body: dict[str, str]) -> str:
         """A new story from {setting, character, name} or {prompt}; returns its id."""
-        created = self._json("POST", "/api/stories", json=body)
+        # Not idempotent: sent again only when the first send surely never arrived.
+        created = self._json("POST", "/api/stories", idempotent=False, json=body)
         if not isinstance(created, dict) or not isinstance(created.get("id"), str):
             raise ServerError("the server did not say the new story's id")
         return str(created["id"])
@@ -118,21 +179,62 @@ class GameAPI:
         """Play one line as typed; yields the turn's events as the server streams them.
 
         Once `cancel` is set the connection is shut (the server cancels the turn, saves what it
-        has) and one INFO says so. ServerError for a refused turn or a dropped connection."""
+        has) and one INFO says so. A lost server is tried again under the turn's key (one INFO
+        notice; what was shown is not shown twice). ServerError for a refused turn, or a server
+        still lost after the last try."""
+        turn = _Turn()
+        waits = self.retry.waits()
+        while True:
+            try:
+                yield from self._send_turn(story_id, line, cancel, turn)
+                return
+            except ServerLost as lost:
+                wait = next(waits, None)
+                if wait is None:
+                    raise ServerGone(str(lost)) from None
+                # The turn may still be ending where it was (a dropped proxy, a live server): wait for it.
+                self._settling = True
+                self._hand_over()
+                if turn.previewing:
+                    turn.previewing = False
+                    yield Event(EventKind.RESTART)  # the lost stream's preview is dropped; the next one starts over
+                if not turn.noticed:
+                    turn.noticed = True
+                    yield Event(EventKind.INFO, LOST)
+                if not _sleep(wait, cancel):
+                    yield Event(EventKind.INFO, "Stopped.")
+                    return
+
+    def _send_turn(self, story_id: str, line: str, cancel: CancelToken, turn: _Turn) -> Iterator[Event]:
+        """One send of the turn. Its answer starts with what an earlier send showed (the action,
+        a saved result): those are passed over, so the player sees each once."""
         started = time.monotonic()
-        response = yield from self._open_turn(story_id, line, cancel)
+        response = yield from self._open_turn(story_id, line, cancel, turn)
         if response is None:
             return
-        yield from self._stream(response, cancel, started)
+        repeated = list(turn.shown)
+        for event in self._stream(response, cancel, started):
+            turn.previewing = event.kind is EventKind.PIECE or (turn.previewing and event.kind is not EventKind.RESULT)
+            if event.kind not in _PREVIEW:
+                if event in repeated:
+                    # Shown already, in this order: a saved answer may leave out some of what came before.
+                    del repeated[: repeated.index(event) + 1]
+                    continue
+                repeated.clear()
+                turn.shown.append(event)
+            yield event
 
     def _open_turn(
-        self, story_id: str, line: str, cancel: CancelToken
+        self, story_id: str, line: str, cancel: CancelToken, turn: _Turn
     ) -> Generator[Event, None, httpx.Response | None]:
-        """The turn's streaming response (status 200), or None when cancelled while waiting."""
+        """The turn's streaming response (status 200), or None when cancelled while waiting.
+        ServerLost for an answer worth sending again."""
         retried = False
         settle_until = time.monotonic() + SETTLE_S if self._settling else 0.0
+        headers = {"Idempotency-Key": turn.key}
         while True:
-            response = self._send("POST", f"/api/stories/{story_id}/turns", json={"text": line}, stream=True)
+            path = f"/api/stories/{story_id}/turns"
+            response = self._send("POST", path, json={"text": line}, headers=headers, stream=True)
             if response.status_code == 200:
                 self._settling = False
                 if cancel.is_set():
@@ -142,10 +244,14 @@ class GameAPI:
                 return response
             _read_error_body(response, self.url)
             if response.status_code == 409 and time.monotonic() < settle_until:
-                wait = 0.2  # the turn this client stopped is still saving on the server
-            elif response.status_code == 503 and not retried and (wait := _retry_after(response)) <= MAX_RETRY_WAIT_S:
+                wait = 0.2  # the turn this client stopped, or lost, is still saving on the server
+            elif _busy(response) and not retried and (wait := _retry_after(response)) <= MAX_RETRY_WAIT_S:
                 retried = True
-                yield Event(EventKind.INFO, f"The server is busy; trying again in {wait:g} s (Ctrl-C stops).")
+                if not turn.noticed:
+                    turn.noticed = True
+                    yield Event(EventKind.INFO, f"The server is busy; trying again in {wait:g} s (Ctrl-C stops).")
+            elif response.status_code in LOST_STATUSES and not _busy(response):
+                raise _lost_answer(self.url, response)
             else:
                 self._settling = False
                 raise self._error(response)
@@ -194,35 +300,53 @@ class GameAPI:
 
     # -- requests and errors ----------------------------------------------------------------------
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._request(method, path, **kwargs)
+    def _json(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> Any:
+        response = self._request(method, path, idempotent=idempotent, **kwargs)
         try:
             return response.json()
         except ValueError:
             raise ServerError(f"{self.url} did not answer {path} with JSON; is it an aidungeon server?") from None
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A plain request, retried once after a 503's Retry-After; ServerError on failure."""
-        response = self._send(method, path, **kwargs)
-        if response.status_code == 503 and (wait := _retry_after(response)) <= MAX_RETRY_WAIT_S:
-            time.sleep(wait)
-            response = self._send(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise self._error(response)
-        return response
+    def _request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
+        """A plain request: retried once after a busy 503's Retry-After, and, when the server is
+        lost, as `retry` says (a request that is not idempotent only if it never left); ServerError
+        on failure."""
+        waits, retried = self.retry.waits(), False
+        while True:
+            try:
+                response = self._send(method, path, **kwargs)
+                if _busy(response) and not retried and (wait := _retry_after(response)) <= MAX_RETRY_WAIT_S:
+                    retried = True
+                    time.sleep(wait)
+                    continue
+                if response.status_code in LOST_STATUSES and not _busy(response):
+                    raise _lost_answer(self.url, response)
+                if response.status_code >= 400:
+                    raise self._error(response)
+                return response
+            except ServerLost as lost:
+                pause = next(waits, None) if idempotent or lost.unsent else None
+                if pause is None:
+                    raise ServerGone(str(lost)) from None
+                self._hand_over()
+                time.sleep(pause)
 
     def _send(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange with the current server; ServerLost when it is not reached or drops."""
         try:
-            request = self._http.build_request(method, path, **kwargs)
+            request = self._http.build_request(method, self.url + path, **kwargs)
+        except (httpx.InvalidURL, ValueError) as err:
+            raise ServerError(f"{self.url!r} is not a server URL ({err})") from None
+        try:
             return self._http.send(request, stream=stream)
         except httpx.ConnectError:
-            raise ServerGone(
-                f"cannot reach the server at {self.url}: is it running? (the next line tries again)"
+            raise ServerLost(
+                f"cannot reach the server at {self.url}: is it running? (the next line tries again)", unsent=True
             ) from None
         except httpx.TimeoutException:
-            raise ServerGone(f"the server at {self.url} did not answer in time; try again in a moment") from None
+            raise ServerLost(f"the server at {self.url} did not answer in time; try again in a moment") from None
         except httpx.HTTPError as err:
-            raise ServerGone(
+            raise ServerLost(
                 f"lost the server at {self.url} ({type(err).__name__}); the next line tries again"
             ) from None
 
@@ -244,6 +368,29 @@ class GameAPI:
         return ServerError(f"the server refused: {detail}" if detail else f"the server answered {status}")
 
 
+def _server_url(url: str) -> str:
+    """A server's base URL as given ("host:port" as a player would type it); ServerError if it is none."""
+    url = url.strip().rstrip("/")
+    full = url if "://" in url else f"http://{url}"
+    try:
+        parts = urlsplit(full)
+        httpx.URL(full)
+    except (httpx.InvalidURL, ValueError) as err:
+        raise ServerError(f"{url!r} is not a server URL ({err}); give one like http://127.0.0.1:5001") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ServerError(f"{url!r} is not a server URL; give one like http://127.0.0.1:5001")
+    return full
+
+
+def _busy(response: httpx.Response) -> bool:
+    """The game's own "busy" (503 with Retry-After), which a proxy's 503 never carries."""
+    return response.status_code == 503 and "Retry-After" in response.headers
+
+
+def _lost_answer(url: str, response: httpx.Response) -> ServerLost:
+    return ServerLost(f"the server at {url} answered {response.status_code}; try again in a moment")
+
+
 def _pump(response: httpx.Response, lines: queue.Queue[tuple[str, object]]) -> None:
     """In the worker thread: the response's lines, then "done" (after an "error" if it broke)."""
     try:
@@ -257,11 +404,11 @@ def _pump(response: httpx.Response, lines: queue.Queue[tuple[str, object]]) -> N
 
 
 def _read_error_body(response: httpx.Response, url: str) -> None:
-    """Read an error answer's (small) body; ServerGone when the connection breaks meanwhile."""
+    """Read an error answer's (small) body; ServerLost when the connection breaks meanwhile."""
     try:
         response.read()
     except httpx.HTTPError:
-        raise ServerGone(f"lost the server at {url}; the next line tries again") from None
+        raise ServerLost(f"lost the server at {url}; the next line tries again") from None
     finally:
         response.close()
 
@@ -311,10 +458,10 @@ def _cost(body: dict[str, Any], seconds: float) -> TurnCost:
         value = body.get(key)
         return value if isinstance(value, int) else 0
 
-    return TurnCost(count("new_tokens"), count("prefill_tokens"), seconds)
+    return TurnCost(count("new_tokens"), count("prefill_tokens"), seconds, body.get("replayed") is True)
 
 
-def _dropped(url: str) -> ServerGone:
-    return ServerGone(
+def _dropped(url: str) -> ServerLost:
+    return ServerLost(
         f"lost the server at {url} during the turn; it keeps only what it had saved (the next line tries again)"
     )

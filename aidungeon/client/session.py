@@ -110,7 +110,7 @@ class ServerSession:
         return line.strip().startswith("/") and entry is not None and entry.name == "help"
 
     def _quit(self, argument: str, cancel: CancelToken) -> Iterator[Event]:
-        resume = f"aidungeon --server {self.api.url} --load {self.story_id}"
+        resume = f"aidungeon --server {','.join(self.api.urls)} --load {self.story_id}"
         yield Event(EventKind.QUIT, f"Saved on the server as {self.story_id}. Resume with: {resume}")
 
     def _save(self, argument: str, cancel: CancelToken) -> Iterator[Event]:

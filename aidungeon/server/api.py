@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -22,7 +22,7 @@ from aidungeon.game.events import Event
 from aidungeon.server.access import Caller, caller
 from aidungeon.server.bridge import ThreadStream
 from aidungeon.server.db import ANONYMOUS
-from aidungeon.server.games import TurnCost
+from aidungeon.server.games import Answer, TurnCost
 from aidungeon.server.schemas import (
     Created,
     Line,
@@ -44,6 +44,17 @@ router = APIRouter(prefix="/api", tags=["game"])
 Who = Annotated[Caller, Depends(caller)]
 State = Annotated[ServerState, Depends(server)]
 
+# A client's key for one line (a UUID is 36 characters): printable ASCII, as the header allows.
+TurnKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=64,
+        pattern=r"^[!-~]+$",
+        description="the line's own key: the same line sent again with it is answered, never played twice",
+    ),
+]
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _MEDIA = {"md": "text/markdown", "txt": "text/plain", "html": "text/html", "save": "application/json"}
 
 
@@ -149,16 +160,26 @@ def _import(raw: bytes, filename: str, state: ServerState, who: Caller) -> list[
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "the turn's events as SSE"}},
 )
-async def play(story_id: str, line: Line, state: State, who: Who) -> StreamingResponse:
+async def play(story_id: str, line: Line, state: State, who: Who, key: TurnKey = None) -> StreamingResponse:
     """Play one line exactly as typed in the terminal (an action, `/retry`, `/undo`, ...). The
     answer is a stream of Server-Sent Events: each `data:` is an event `{"kind", "text"}` as the
     terminal renders it, and a final `event: end` says the turn is over and saved; its data is what
-    the generation cost (`new_tokens`, `prefill_tokens`: zeros for a line that generated nothing)."""
+    the generation cost (`new_tokens`, `prefill_tokens`: zeros for a line that generated nothing).
+
+    Send each line with its own `Idempotency-Key` header and send the same line again, with the
+    same key, when its stream broke before `event: end` (a server or replica died): a line that
+    had changed the story is not played twice. The answer is then what it showed (without the
+    streamed pieces) and an `end` with `"replayed": true`, or, for an action saved without its
+    result, that result drawn now. Any replica answers: the key is stored with the story."""
     if who.owner_id != ANONYMOUS:  # the rate is per token; with tokens off the one player is local
         state.rate.take(who.key)
     await run_in_threadpool(state.games.store(who.owner_id).row, story_id)  # 404 before anything starts
     state.games.claim(story_id)
     try:
+        answer: Answer = await run_in_threadpool(state.games.answer, who.owner_id, story_id, line.text, key)
+        if answer.replay is not None:
+            state.games.release(story_id)
+            return StreamingResponse(_replayed(answer.replay), media_type="text/event-stream", headers=_SSE_HEADERS)
         state.queue.admit()
     except BaseException:
         state.games.release(story_id)
@@ -166,15 +187,18 @@ async def play(story_id: str, line: Line, state: State, who: Who) -> StreamingRe
     cancel, cost = CancelToken(), TurnCost()
     stream: ThreadStream[Event] = ThreadStream(
         state.pool,
-        lambda: state.games.play(who.owner_id, story_id, line.text, cancel, cost),
+        lambda: state.games.play(who.owner_id, story_id, answer.line, cancel, cost, key),
         cancel,
         on_done=state.queue.done,
     )
-    return StreamingResponse(
-        _sse(stream, cost),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return StreamingResponse(_sse(stream, cost), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _replayed(events: list[dict[str, object]]) -> AsyncIterator[str]:
+    """A line played already, answered again: what it showed, then an `end` that cost nothing."""
+    for event in events:
+        yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+    yield f"event: end\ndata: {json.dumps({**dataclasses.asdict(TurnCost()), 'replayed': True})}\n\n"
 
 
 async def _sse(stream: ThreadStream[Event], cost: TurnCost) -> AsyncIterator[str]:

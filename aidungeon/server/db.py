@@ -46,6 +46,10 @@ stories = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The Idempotency-Key of the line that last wrote the story (written in the same transaction),
+    # and the events that line showed (JSON, once it ended): a line sent again is answered from them.
+    sa.Column("turn_key", sa.String(64), nullable=True),
+    sa.Column("turn_reply", sa.Text, nullable=True),
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -10,11 +10,13 @@ instead. No game logic lives here, and nothing here knows HTTP.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -24,14 +26,17 @@ from aidungeon.core.context import Layout
 from aidungeon.core.errors import AIDungeonError, StoryError
 from aidungeon.core.story import Story
 from aidungeon.game import commands
-from aidungeon.game.events import Event
+from aidungeon.game.events import Event, EventKind
 from aidungeon.game.persist import SlotKeeper, settings_from_save
 from aidungeon.game.session import Session
 from aidungeon.game.turn import TurnPipeline
 from aidungeon.model.protocol import EngineProtocol
+from aidungeon.server.schemas import event_json
 from aidungeon.server.store import DbSlot, DbStore
 from aidungeon.storage import prompts, saves
 
+# A streamed preview is not part of what a line showed: its result carries the whole text.
+_NOT_KEPT = (EventKind.PIECE, EventKind.RESTART)
 # Sessions kept open between turns: enough for the players of one machine; others reopen from the database.
 OPEN_SESSIONS = 256
 
@@ -72,6 +77,15 @@ class TurnCost:
 
     new_tokens: int = 0
     prefill_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How to answer a line: with `replay`, what it showed when it was played already, or by
+    playing `line` (the line as sent, or `/retry` to finish an action saved without its result)."""
+
+    line: str
+    replay: list[dict[str, Any]] | None = None
 
 
 class Games:
@@ -124,18 +138,58 @@ class Games:
         with self._lock:
             self._running.discard(story_id)
 
+    def answer(self, owner_id: int, story_id: str, line: str, key: str | None) -> Answer:
+        """How to answer `line` sent under `key`, on a story claimed by `claim`. A key that is not
+        the one of the line that last wrote the story is a new line: play it. The same key again
+        means its connection dropped after it wrote: replay what it showed; or, when it never
+        ended (its replica died, or its client left and the turn was stopped), finish it from
+        what was saved: an action kept without its result is drawn again (`/retry`), a result
+        that was saved is shown."""
+        if key is None:
+            return Answer(line)
+        store = self.store(owner_id)
+        last = store.last_line(story_id)
+        if last.key != key:
+            return Answer(line)
+        if last.reply is not None:
+            return Answer(line, replay=json.loads(last.reply))
+        data, _warnings = store.slot(story_id).read()
+        path = data.story.path()
+        if path and not path[-1].result:
+            return Answer("/retry")
+        return Answer(line, replay=[{"kind": EventKind.RESULT.value, "text": path[-1].result}] if path else [])
+
     def play(
-        self, owner_id: int, story_id: str, line: str, cancel: CancelToken, cost: TurnCost | None = None
+        self,
+        owner_id: int,
+        story_id: str,
+        line: str,
+        cancel: CancelToken,
+        cost: TurnCost | None = None,
+        key: str | None = None,
     ) -> Iterator[Event]:
         """Run one line on a story claimed by `claim`; releases the claim when done. What the
-        line's generation cost, if it generated, goes into `cost`."""
+        line's generation cost, if it generated, goes into `cost`. With a `key`, the story's writes
+        record it and, once the line ends (not stopped), what it showed (see `answer`)."""
         try:
             session = self.open(owner_id, story_id)
             before = session.turns.telemetry.stats
+            shown: list[Event] = []
+            slot = session.keeper.slot
+            if isinstance(slot, DbSlot):
+                slot.turn_key = key
             try:
-                yield from session.handle(line, cancel)
+                for event in session.handle(line, cancel):
+                    if event.kind not in _NOT_KEPT:
+                        shown.append(event)
+                    yield event
             finally:
+                if isinstance(slot, DbSlot):
+                    slot.turn_key = None
                 self._keep_or_drop(story_id, owner_id, session)
+            if key is not None and not cancel.is_set():
+                # Only a line that wrote the story matches its key; one that changed nothing plays again harmlessly.
+                self.store(owner_id).keep_reply(story_id, key, json.dumps([event_json(e) for e in shown]))
             stats = session.turns.telemetry.stats
             if cost is not None and stats is not None and stats is not before:
                 cost.new_tokens, cost.prefill_tokens = stats.new_tokens, stats.prefill_tokens

@@ -8,9 +8,13 @@
   `RayEngine` over the Engine deployment's handle. Replicas hold no state the database does not:
   any replica plays any story (the session cache re-reads a story whose version moved on).
 
-`build_app(args)` is the import path for `serve run CONFIG.yaml` and `aidungeon serve --ray`;
-`deploy_config` is the latter. Code defaults below are for one machine; the YAML configs in
-`scale/` override them per cluster. This module plays no game and loads no model itself.
+`build_app(args)` is the import path for Ray's `serve run CONFIG.yaml` / `serve deploy`, which
+apply the config's per-deployment options themselves. `deploy_config` is `aidungeon serve --ray
+CONFIG.yaml`: it deploys the same config through Ray's public Python API alone (`serve.start` with
+the config's HTTP options, then `serve.run` of the app built from its args with each deployment's
+options from the config applied by `Deployment.options`), so it needs neither Ray's dashboard nor
+its private client. Code defaults below are for one machine; the YAML configs in `scale/` override
+them per cluster. This module plays no game and loads no model itself.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from aidungeon.server.scale.wire import Wire, request_from_wire, result_to_wire
 log = logging.getLogger(__name__)
 
 APP_NAME = "aidungeon"
+IMPORT_PATH = "aidungeon.server.ray_app:build_app"
 # Requests one engine replica takes at once: its batch. Beyond it, Ray queues at the caller.
 ENGINE_MAX_ONGOING = 64
 _END = object()
@@ -134,14 +139,19 @@ class GameAPI:
 def build_app(args: dict[str, Any]) -> Any:
     """The application for `serve run` / `aidungeon serve --ray`: args `model` (spec), `db` (URL;
     PostgreSQL for replicas on several machines), optional `device`, `dtype` and `limits`."""
+    return _build(args, {})
+
+
+def _build(args: dict[str, Any], options: dict[str, dict[str, Any]]) -> Any:
+    """The app from its args, each deployment with `options` (by deployment name) over the code's."""
     if not args.get("model") or not args.get("db"):
         raise ConfigError("the Ray app needs args `model` (a model spec) and `db` (a database URL)")
     _migrate_once(str(args["db"]))
     # `serve.deployment` turns each class into a Deployment; mypy still sees the class.
-    engine = Engine.bind(  # type: ignore[attr-defined]
-        str(args["model"]), str(args.get("device", "auto")), str(args.get("dtype", "auto"))
-    )
-    return GameAPI.bind(engine, str(args["db"]), args.get("limits"))  # type: ignore[attr-defined]
+    engine_deployment = Engine.options(**options.get("Engine", {}))  # type: ignore[attr-defined]
+    api_deployment = GameAPI.options(**options.get("GameAPI", {}))  # type: ignore[attr-defined]
+    engine = engine_deployment.bind(str(args["model"]), str(args.get("device", "auto")), str(args.get("dtype", "auto")))
+    return api_deployment.bind(engine, str(args["db"]), args.get("limits"))
 
 
 def _migrate_once(url: str) -> None:
@@ -185,29 +195,91 @@ def _read_config(path: Path) -> Any:
 
 
 def deploy_config(path: Path, *, wait_s: float = 600) -> str:
-    """Deploy every application of a Serve config file on the connected cluster, as `serve run
-    CONFIG.yaml` does, and wait until they run; returns the HTTP address. Ray's public API deploys
-    a config only through its CLI or dashboard, so this uses the same client call the CLI makes."""
-    from ray.serve._private import api as serve_private
-
+    """Deploy the applications of a Serve config file on the connected cluster, as `serve run
+    CONFIG.yaml` does, and wait until they run; returns the HTTP address. Only Ray's public API:
+    `serve.start` with the config's cluster-wide options, then `serve.run` of each application
+    (this project's `build_app`, the only import path it deploys) with the config's options per
+    deployment, autoscaling included. `serve.run` waits without a bound, so it runs in a thread
+    while this waits at most `wait_s` for the applications to run; ConfigError otherwise."""
     config = _read_config(path)
-    client = serve_private.serve_start(
-        http_options=config.http_options.model_dump(), proxy_location=config.proxy_location
+    apps = [(app, _build(dict(app.args), _deployment_options(app))) for app in config.applications]
+    serve.start(
+        proxy_location=config.proxy_location,
+        http_options=config.http_options.model_dump(),
+        grpc_options=config.grpc_options.model_dump(),
+        logging_config=config.logging_config,
     )
-    client.deploy_apps(config, _blocking=False)
-    _wait_running([app.name for app in config.applications], wait_s)
+    deploying: Future[None] = Future()
+    # A daemon thread: on a timeout this returns while `serve.run` may still be waiting.
+    threading.Thread(target=_run_all, args=(apps, deploying), name="serve-run", daemon=True).start()
+    _wait_running([app.name for app, _built in apps], wait_s, deploying)
     return f"http://{config.http_options.host}:{config.http_options.port}"
 
 
-def _wait_running(names: list[str], wait_s: float) -> None:
+def _run_all(apps: list[tuple[Any, Any]], deploying: Future[None]) -> None:
+    """`serve.run` each application in turn; `deploying` gets the outcome."""
+    try:
+        for app, built in apps:
+            serve.run(
+                built,
+                name=app.name,
+                route_prefix=app.route_prefix,
+                logging_config=app.logging_config,
+                external_scaler_enabled=app.external_scaler_enabled,
+            )
+    except Exception as err:  # handed to the waiting thread, which says it in one line
+        deploying.set_exception(err)
+    else:
+        deploying.set_result(None)
+
+
+def _deployment_options(app: Any) -> dict[str, dict[str, Any]]:
+    """The options a config gives each deployment, as keyword arguments of `Deployment.options`.
+    Like Ray's own config handling: what the config sets replaces the code's value, fixed
+    `num_replicas` and an `autoscaling_config` exclude each other, and the application's
+    `runtime_env` is every deployment's, under the deployment's own."""
+    if app.import_path != IMPORT_PATH:
+        raise ConfigError(
+            f"aidungeon serve --ray deploys {IMPORT_PATH}, not {app.import_path} (Ray's `serve deploy` deploys any app)"
+        )
+    options: dict[str, dict[str, Any]] = {"Engine": {}, "GameAPI": {}}
+    for deployment in app.deployments:
+        if deployment.name not in options:
+            raise ConfigError(f"the aidungeon app has no deployment {deployment.name!r} (it has Engine and GameAPI)")
+        given = deployment.model_dump(exclude_unset=True)
+        given.pop("name")
+        if "num_replicas" in given and "autoscaling_config" not in given:
+            given["autoscaling_config"] = None
+        elif "autoscaling_config" in given and "num_replicas" not in given:
+            given["num_replicas"] = None
+        options[deployment.name] = given
+    if app.runtime_env:
+        for given in options.values():
+            actor = dict(given.get("ray_actor_options") or {})  # the code sets none
+            actor["runtime_env"] = _merge_env(app.runtime_env, actor.get("runtime_env") or {})
+            given["ray_actor_options"] = actor
+    return options
+
+
+def _merge_env(outer: dict[str, Any], inner: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's runtime_env over its application's: its keys win, env_vars are merged."""
+    merged = {**outer, **inner}
+    if "env_vars" in outer or "env_vars" in inner:
+        merged["env_vars"] = {**outer.get("env_vars", {}), **inner.get("env_vars", {})}
+    return merged
+
+
+def _wait_running(names: list[str], wait_s: float, deploying: Future[None]) -> None:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
+        if deploying.done() and (error := deploying.exception()) is not None:
+            raise ConfigError(f"the Ray app failed to deploy: {str(error).splitlines()[0]}")
         apps = serve.status().applications
         states = {name: apps[name].status if name in apps else "NOT_STARTED" for name in names}
         failed = [f"{n}: {apps[n].message}" for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
             raise ConfigError("the Ray app failed to deploy: " + "; ".join(failed))
-        if all(s == "RUNNING" for s in states.values()):
+        if all(s == "RUNNING" for s in states.values()) and deploying.done():
             return
         time.sleep(1)
     raise ConfigError(f"the Ray app was not running after {wait_s:.0f} s (see `serve status`)")

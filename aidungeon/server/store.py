@@ -5,6 +5,10 @@ transaction that replaces the whole document, so a crash never leaves half a tur
 refused when someone else wrote the story since this slot last read or wrote it (a second server
 replica, a second tab): two writers never silently overwrite each other. A player only ever
 reaches rows they own; another player's id looks exactly like a missing one.
+
+Each write also records the key of the line being played (`DbSlot.turn_key`, the client's
+Idempotency-Key), in the same transaction as the story, and `keep_reply` adds what the line
+showed once it ended: a line sent again after a dropped connection is answered from them.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class DbSlot:
     def __init__(self, db: Engine, owner_id: int, story_id: str) -> None:
         self.db, self.owner_id, self._id = db, owner_id, story_id
         self.version: int | None = None  # what this slot last read or wrote
+        self.turn_key: str | None = None  # the line being played; stored with every write it makes
 
     @property
     def name(self) -> str:
@@ -87,6 +92,9 @@ class DbSlot:
             "model": data.model[:500],
             "document": document,
             "updated_at": datetime.now(UTC),
+            # The reply is the line's to add once it ends: a write starts with none.
+            "turn_key": self.turn_key,
+            "turn_reply": None,
         }
         with self.db.begin() as conn:
             if self.version is None:
@@ -124,6 +132,14 @@ class DbSlot:
 
     def _mine(self) -> tuple[sa.ColumnElement[bool], ...]:
         return stories.c.id == self._id, stories.c.owner_id == self.owner_id
+
+
+@dataclass(frozen=True)
+class LastLine:
+    """The key of the line that last wrote a story, and what it showed (JSON; None until it ended)."""
+
+    key: str | None
+    reply: str | None
 
 
 class DbStore:
@@ -176,6 +192,28 @@ class DbStore:
         if found is None:
             raise StoryNotFound(f"there is no story {story_id!r}")
         return StoryRow(**found._mapping)
+
+    def last_line(self, story_id: str) -> LastLine:
+        """The key and reply of the line that last wrote the story; StoryNotFound if not this player's."""
+        query = sa.select(stories.c.turn_key, stories.c.turn_reply).where(
+            stories.c.id == story_id, stories.c.owner_id == self.owner_id
+        )
+        with self.db.connect() as conn:
+            found = conn.execute(query).one_or_none()
+        if found is None:
+            raise StoryNotFound(f"there is no story {story_id!r}")
+        return LastLine(found.turn_key, found.turn_reply)
+
+    def keep_reply(self, story_id: str, key: str, reply: str) -> bool:
+        """Record what the line `key` showed, if it is still the line that last wrote the story.
+        The story's version stays: the reply is not part of the story. True when recorded."""
+        with self.db.begin() as conn:
+            changed = conn.execute(
+                stories.update()
+                .where(stories.c.id == story_id, stories.c.owner_id == self.owner_id, stories.c.turn_key == key)
+                .values(turn_reply=reply)
+            ).rowcount
+        return bool(changed == 1)
 
     def count(self) -> int:
         with self.db.connect() as conn:

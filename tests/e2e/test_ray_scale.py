@@ -5,7 +5,10 @@ and simulated players over HTTP.
 
 It checks story affinity (a story's calls land on one replica and reuse its cache), that every
 player's turn completes under load, that the engine scales up under load and back down after,
-and that SIGKILL of an engine replica mid-load loses no turn a player was shown. The cluster is
+that SIGKILL of an engine replica mid-load loses no turn a player was shown, and that players on
+the terminal's client code survive `ray.kill` of a game API replica mid-load: their broken turns
+are sent again (Idempotency-Key) through the proxy, none lost and none applied twice. The cluster
+is deployed as `aidungeon serve --ray` deploys it (`deploy_config`: Ray's public `serve.run`). The cluster is
 local and listens on 127.0.0.1 for HTTP (Ray's own ports bind all interfaces; see the README).
 """
 
@@ -47,6 +50,8 @@ PG_URL = os.environ.get("AIDUNGEON_TEST_PG", "")
 # 20 players as the issue asks; the 2-core machine holds them (turns on the tiny model are short).
 PLAYERS = 20
 MIN_TURNS = 3
+# Players on the client code while a game API replica is killed: enough that both replicas have turns in flight.
+CLIENT_PLAYERS = 8
 LINES = ("look around", "open the door", "say hello", "walk north", "take the lamp")
 
 
@@ -337,4 +342,107 @@ def test_players_under_load_scale_up_survive_a_killed_engine_and_scale_down(clus
             assert player.turns >= MIN_TURNS
             stored = client.get(f"/api/stories/{player.story}").json()["path"]
             # Every result a player was shown is in the database, in order; nothing else is.
+            assert [t["result"] for t in stored] == player.shown
+
+
+@dataclass
+class ClientPlayer:
+    """A player on the terminal's client code (aidungeon.client.api), as `aidungeon --server` plays."""
+
+    story: str = ""
+    shown: list[str] = field(default_factory=list)
+    turns: int = 0
+    notices: int = 0  # "lost the connection; trying again" lines this player saw
+    replayed: int = 0  # turns answered from what the database had saved
+    failures: list[str] = field(default_factory=list)
+
+
+def _client_play(url: str, player: ClientPlayer, number: int, stop: threading.Event) -> None:
+    from aidungeon.client.api import LOST, GameAPI, Retry
+    from aidungeon.core.cancel import CancelToken
+    from aidungeon.game.events import STALLED, EventKind
+
+    # Patient enough for Ray to stop routing to a dead replica; every send of a turn has its key.
+    api = GameAPI(url, retry=Retry(tries=8, first_s=0.5, most_s=4), timeout_s=120)
+    try:
+        player.story = api.create({"prompt": f"You are player {number}, lost in a castle."})
+        while not stop.is_set() or player.turns < MIN_TURNS:
+            line = LINES[player.turns % len(LINES)]
+            try:
+                events = list(api.turn(player.story, line, CancelToken()))
+            except Exception as err:  # a failure to report, not to hide in a thread
+                player.failures.append(f"turn {player.turns + 1}: {err}")
+                return
+            player.turns += 1
+            results = [e.text for e in events if e.kind is EventKind.RESULT]
+            errors = [e for e in events if e.kind is EventKind.ERROR and e.data != STALLED]
+            player.notices += sum(e.text == LOST for e in events)
+            player.replayed += bool(api.last_turn and api.last_turn.replayed)
+            if errors or len(results) > 1 or not (results or any(e.data == STALLED for e in events)):
+                player.failures.append(f"turn {player.turns}: {events[-3:]}")
+            player.shown.extend(results)
+    finally:
+        api.close()
+
+
+def _replicas(deployment: str, *states: str) -> int:
+    counts = serve.status().applications["aidungeon"].deployments[deployment].replica_states
+    by_name = {getattr(state, "value", str(state)): int(n) for state, n in counts.items()}
+    return sum(by_name.get(state, 0) for state in states)
+
+
+def _game_api_replicas() -> list[str]:
+    """The actor names of the live game API replicas (Serve names them SERVE_REPLICA::APP#GameAPI#ID)."""
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::aidungeon#GameAPI#")
+    ]
+
+
+@pytest.mark.slow
+def test_client_players_survive_a_killed_game_api_replica(cluster: Cluster) -> None:
+    """A game API replica dies mid-load: its streams break, the client sends each broken turn again
+    (same Idempotency-Key) and Ray's proxy routes it to the other replica; no turn is lost or
+    applied twice, and each story in the database is what its player was shown."""
+    _wait_for(lambda: _replicas("GameAPI", "RUNNING") == 2, 60, "two game API replicas")
+    players = [ClientPlayer() for _ in range(CLIENT_PLAYERS)]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_client_play, args=(cluster.url, p, n, stop), daemon=True)
+        for n, p in enumerate(players)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_for(lambda: all(p.turns >= 2 for p in players), 120, "every player played two turns")
+        turns_before = sum(p.turns for p in players)
+        victim, *_others = _game_api_replicas()
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed_at = time.monotonic()
+        _wait_for(lambda: sum(p.turns for p in players) >= turns_before + 3 * CLIENT_PLAYERS, 180, "play went on")
+        _wait_for(
+            lambda: victim not in (names := _game_api_replicas()) and len(names) == 2,
+            120,
+            "Ray replaced the killed replica",
+        )
+        replaced_s = time.monotonic() - killed_at
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(180)
+    turns = sum(p.turns for p in players)
+    notices, replayed = sum(p.notices for p in players), sum(p.replayed for p in players)
+    print(
+        f"{CLIENT_PLAYERS} client players, {turns} turns on {cluster.database}; after ray.kill of a game API "
+        f"replica: {notices} turns sent again ({replayed} answered from what was saved); replica back "
+        f"{replaced_s:.1f} s after the kill"
+    )
+    assert not any(t.is_alive() for t in threads)
+    assert [f for p in players for f in p.failures] == []
+    assert notices >= 1, "no turn was in flight on the killed replica: the kill tested nothing"
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        for player in players:
+            stored = client.get(f"/api/stories/{player.story}").json()["path"]
+            # Every result shown is in the database, in order, once; nothing else is.
             assert [t["result"] for t in stored] == player.shown

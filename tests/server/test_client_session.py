@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aidungeon.client.api import STOPPED, GameAPI, ServerError
+from aidungeon.client.api import LOST, STOPPED, GameAPI, Retry, ServerError
 from aidungeon.client.session import ON_A_SERVER, ServerSession
 from aidungeon.client.sse import FrameReader, event_from_json, parse_data
 from aidungeon.core.cancel import CancelToken
@@ -178,12 +178,17 @@ def test_a_server_that_is_gone_is_one_line_and_the_game_goes_on(tmp_path: Path) 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    session = ServerSession(GameAPI(f"http://127.0.0.1:{port}"), "abc", exports_dir=tmp_path)
+    api = GameAPI(f"http://127.0.0.1:{port}", retry=Retry(tries=3, first_s=0.2))
+    session = ServerSession(api, "abc", exports_dir=tmp_path)
     for line in ("look", "look again"):  # each line tries again
+        started = time.monotonic()
         events = list(session.handle(line))
-        assert len(events) == 1 and events[0].kind is EventKind.ERROR
+        # Tried 3 times (waiting 0.2 + 0.4 s), with one notice, then one line.
+        assert 0.6 <= time.monotonic() - started < 5
+        assert [e.kind for e in events] == [EventKind.INFO, EventKind.ERROR]
+        assert events[0].text == LOST
         assert (
-            events[0].text
+            events[1].text
             == f"cannot reach the server at http://127.0.0.1:{port}: is it running? (the next line tries again)"
         )
 
@@ -196,32 +201,35 @@ def test_server_urls(live: tuple[str, Server]) -> None:
             GameAPI(bad)
 
 
-def test_a_connection_dropped_mid_turn_is_one_line(tmp_path: Path) -> None:
-    """A peer that sends the headers and one piece, then hangs up (as a killed server does)."""
+def test_a_connection_dropped_mid_turn_is_tried_again_then_one_line(tmp_path: Path) -> None:
+    """A peer that sends the headers and one piece, then hangs up and stops listening (as a killed
+    server does): the turn is sent again, with the same key, until the tries run out."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
+    sent: list[bytes] = []
 
     def serve_once() -> None:
         conn, _ = listener.accept()
         with conn:
-            conn.recv(65536)
+            sent.append(conn.recv(65536))
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
                 b'data: {"kind": "piece", "text": "The ro"}\n\n'
             )
+        listener.close()
 
     thread = threading.Thread(target=serve_once, daemon=True)
     thread.start()
-    session = ServerSession(GameAPI(f"http://127.0.0.1:{listener.getsockname()[1]}"), "abc", exports_dir=tmp_path)
+    api = GameAPI(f"http://127.0.0.1:{listener.getsockname()[1]}", retry=Retry(tries=2, first_s=0.1))
+    session = ServerSession(api, "abc", exports_dir=tmp_path)
     events = list(session.handle("look"))
     thread.join(5)
-    listener.close()
-    assert kinds(events) == [EventKind.PIECE, EventKind.ERROR]
-    assert (
-        events[-1].text.startswith("lost the server at http://127.0.0.1:")
-        and "the next line tries again" in events[-1].text
-    )
+    # The preview is dropped, the player told once, and the last try's failure is the one line.
+    assert kinds(events) == [EventKind.PIECE, EventKind.RESTART, EventKind.INFO, EventKind.ERROR]
+    assert events[2].text == LOST
+    assert events[-1].text.startswith("cannot reach the server at http://127.0.0.1:")
+    assert b"\r\nidempotency-key: " in sent[0].lower()
 
 
 def test_the_commands_answered_by_the_client(played: tuple[ServerSession, Server], tmp_path: Path) -> None:
