@@ -88,7 +88,7 @@ class SessionCache:
             self._keep_branch(best, extra, window=window)
             shared += extra
         self.truncate(shared)
-        return shared
+        return len(self.tokens)  # less than `shared` where a sliding-window cache had to start over
 
     def _keep_branch(self, best: int, extra: int, *, window: int) -> None:
         """Make branch `best`'s first `extra` tokens part of the cache's single row."""
@@ -124,8 +124,17 @@ class SessionCache:
         if self.branches:
             length += len(self.branches[0])
         surplus = int(self.cache.get_seq_length()) - length
-        if surplus > 0:
+        if surplus > 0 and _past_its_window(self.cache):
+            self._start_over()
+        elif surplus > 0:
             self.cache.crop(-surplus)
+
+    def _start_over(self) -> None:
+        """An empty cache in place of one that cannot be cut back: the next prefill reads the
+        whole prompt. A sliding-window layer (Gemma 3's) keeps only its window's last keys once
+        the story is longer, so the tokens before them cannot be restored."""
+        self.cache = DynamicCache(config=self.config)
+        self.tokens, self.branches = [], []
 
     def ensure(self, needed: int, *, window: int) -> None:
         """Room for `needed` tokens in a static cache: grow it by a copy, not a prefill."""
@@ -154,6 +163,15 @@ class SessionCache:
                 branch.append(token)
         else:
             self.tokens.append(tokens[0])
+
+
+def _past_its_window(cache: StaticCache | DynamicCache) -> bool:
+    """Whether a sliding-window layer holds more tokens than its window (and so dropped some)."""
+    for layer in cache.layers:
+        window = getattr(layer, "sliding_window", None) if getattr(layer, "is_sliding", False) else None
+        if window is not None and int(layer.get_seq_length()) >= int(window):
+            return True
+    return False
 
 
 def _device(cache: StaticCache | DynamicCache) -> torch.device:
