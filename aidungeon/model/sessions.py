@@ -168,8 +168,9 @@ class SessionCache:
 def _past_its_window(cache: StaticCache | DynamicCache) -> bool:
     """Whether a sliding-window layer holds more tokens than its window (and so dropped some)."""
     for layer in cache.layers:
-        window = getattr(layer, "sliding_window", None) if getattr(layer, "is_sliding", False) else None
-        if window is not None and int(layer.get_seq_length()) >= int(window):
+        sliding: Any = layer  # transformers' DynamicSlidingWindowLayer; other layers have no window
+        window = getattr(sliding, "sliding_window", None) if getattr(sliding, "is_sliding", False) else None
+        if window is not None and int(sliding.get_seq_length()) >= int(window):
             return True
     return False
 

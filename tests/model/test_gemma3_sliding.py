@@ -53,7 +53,7 @@ def test_a_cache_past_its_window_starts_over_and_gives_the_same_logits(gemma: Ge
     entry = SessionCache(DynamicCache(config=gemma.config), gemma.config)
     story = list(range(1, 11))  # 10 tokens: past the window of 4
     _feed(gemma, entry, story)
-    prompt = story[:8] + [20, 21]  # the last two tokens taken back, two new ones
+    prompt = [*story[:8], 20, 21]  # the last two tokens taken back, two new ones
 
     kept = entry.reuse(prompt, window=128)
 

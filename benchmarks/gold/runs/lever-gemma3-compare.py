@@ -39,18 +39,28 @@ def _figures(rows: Sequence[Row]) -> list[tuple[str, str]]:
     acted = [row for row in rows if row["action"]]
     verdicts = {row["id"]: detect(as_shown(row)) for row in rows}
     figures = [("clean turns (labels)", _share(rows, _clean))]
-    figures.append(("clean if 'incoherent' is left out (labels)", _share(rows, lambda r: not any(
-        r["labels"].get(name) for name in DETECTORS))))
+    figures.append(
+        (
+            "clean if 'incoherent' is left out (labels)",
+            _share(rows, lambda r: not any(r["labels"].get(name) for name in DETECTORS)),
+        )
+    )
     figures.append(("actions followed (labels)", _share(acted, lambda r: not r["labels"]["ignored_action"])))
     for name in LABELS:
         pool = acted if name == "ignored_action" else rows
         figures.append((f"label {name}", _share(pool, lambda r, n=name: bool(r["labels"].get(n)))))
-    figures.append(("clean-turn rate, validated detectors", _share(rows, lambda r: not any(
-        verdicts[r["id"]][name] for name in VALIDATED))))
-    figures.append(("actions followed, detector (unvalidated)", _share(acted, lambda r: not verdicts[r["id"]][
-        "ignored_action"])))
-    figures.append(("written for the player, detector (unvalidated)", _share(rows, lambda r: verdicts[r["id"]][
-        "plays_player"])))
+    figures.append(
+        (
+            "clean-turn rate, validated detectors",
+            _share(rows, lambda r: not any(verdicts[r["id"]][name] for name in VALIDATED)),
+        )
+    )
+    figures.append(
+        ("actions followed, detector (unvalidated)", _share(acted, lambda r: not verdicts[r["id"]]["ignored_action"]))
+    )
+    figures.append(
+        ("written for the player, detector (unvalidated)", _share(rows, lambda r: verdicts[r["id"]]["plays_player"]))
+    )
     return figures
 
 
@@ -61,7 +71,9 @@ def main() -> None:
     gold = [row for row in read_gold(GOLD) if (row["setting"], row["seed"], row["turn"]) in keys]
     if len(gold) != len(lever):
         raise SystemExit(f"{lever_path} has {len(lever)} turns but the gold set matches {len(gold)} of them")
-    print(f"{len(lever)} turns, {len({k[:2] for k in keys})} adventures, matched to the gold set by adventure and turn\n")
+    print(
+        f"{len(lever)} turns, {len({k[:2] for k in keys})} adventures, matched to the gold set by adventure and turn\n"
+    )
     print(f"| figure | gold set (SmolLM2-135M) | {lever_path.stem} |")
     print("|---|---|---|")
     for (name, before), (_, after) in zip(_figures(gold), _figures(lever), strict=True):
