@@ -1,4 +1,5 @@
-"""Gemma 3 in the game: a sliding-window cache that cannot be cut back starts over, and the plain
+"""Gemma 3 in the game: a sliding-window cache past its window cuts back what it recorded since its
+last cut and starts over where it cannot, always giving a fresh forward's logits; and the plain
 layout starts with the BOS token a Gemma-style tokenizer prepends (GPT-2-style ones get none).
 
 A tiny random Gemma 3 (window 4, built here, nothing downloaded) stands in for the real one.
@@ -49,11 +50,25 @@ def _alone(model: Gemma3ForCausalLM, tokens: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([tokens])).logits[0, -1]
 
 
-def test_a_cache_past_its_window_starts_over_and_gives_the_same_logits(gemma: Gemma3ForCausalLM) -> None:
+def test_a_cache_past_its_window_cuts_back_what_it_recorded(gemma: Gemma3ForCausalLM) -> None:
     entry = SessionCache(DynamicCache(config=gemma.config), gemma.config)
     story = list(range(1, 11))  # 10 tokens: past the window of 4
     _feed(gemma, entry, story)
-    prompt = [*story[:8], 20, 21]  # the last two tokens taken back, two new ones
+    prompt = [*story[:8], 20, 21]  # the last two tokens taken back (a turn's unkept ones), two new ones
+
+    kept = entry.reuse(prompt, window=128)
+
+    assert kept == 8 and entry.cache.get_seq_length() == 8
+    assert torch.allclose(_feed(gemma, entry, prompt[kept:]), _alone(gemma, prompt), atol=1e-5)
+
+
+def test_a_cut_past_what_the_window_kept_starts_over_with_the_same_logits(gemma: Gemma3ForCausalLM) -> None:
+    entry = SessionCache(DynamicCache(config=gemma.config), gemma.config)
+    story = list(range(1, 11))
+    _feed(gemma, entry, story)
+    entry.reuse([*story[:8], 20, 21], window=128)  # a cut: the window layer now holds 3 keys
+    _feed(gemma, entry, [20, 21])
+    prompt = [*story[:5], 30]  # back 5 tokens: keys the window layer dropped at the cut
 
     kept = entry.reuse(prompt, window=128)
 
@@ -90,3 +105,20 @@ def test_the_plain_layout_starts_with_bos_where_the_tokenizer_prepends_it() -> N
 
 def test_the_plain_layout_has_no_header_where_the_tokenizer_prepends_nothing() -> None:
     assert layout_for_tokenizer(_tokenizer(prepend_bos=False)) == PLAIN
+
+
+def test_turns_with_random_cuts_always_give_a_fresh_forwards_logits(gemma: Gemma3ForCausalLM) -> None:
+    """A story played as the engine plays it (prompt, generated tokens, some of them not kept,
+    sometimes the start dropped), its cache reused every turn, against no cache at all."""
+    rng = torch.Generator().manual_seed(3)
+    entry = SessionCache(DynamicCache(config=gemma.config), gemma.config)
+    story: list[int] = []
+    for _turn in range(25):
+        kept = int(torch.randint(0, len(story) + 1, (), generator=rng)) if story else 0
+        if int(torch.randint(0, 4, (), generator=rng)):  # most turns cut only the last few tokens
+            kept = max(kept, len(story) - 3)
+        new = torch.randint(1, 64, (int(torch.randint(1, 6, (), generator=rng)),), generator=rng).tolist()
+        story = [*story[:kept], *new][-40:]
+        reused = min(entry.reuse(story, window=128), len(story) - 1)
+        entry.truncate(reused)
+        assert torch.allclose(_feed(gemma, entry, story[reused:]), _alone(gemma, story), atol=1e-4)
