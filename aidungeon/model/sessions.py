@@ -67,6 +67,9 @@ class SessionCache:
     branches: list[list[int]] = field(default_factory=list)
     suffix: Suffix | None = None
 
+    def __post_init__(self) -> None:
+        _record_past(self.cache)
+
     @property
     def static(self) -> bool:
         return isinstance(self.cache, StaticCache)
@@ -88,7 +91,7 @@ class SessionCache:
             self._keep_branch(best, extra, window=window)
             shared += extra
         self.truncate(shared)
-        return shared
+        return len(self.tokens)  # less than `shared` where a sliding-window cache had to start over
 
     def _keep_branch(self, best: int, extra: int, *, window: int) -> None:
         """Make branch `best`'s first `extra` tokens part of the cache's single row."""
@@ -124,8 +127,18 @@ class SessionCache:
         if self.branches:
             length += len(self.branches[0])
         surplus = int(self.cache.get_seq_length()) - length
-        if surplus > 0:
+        if surplus > 0 and _cannot_cut(self.cache, surplus):
+            self._start_over()
+        elif surplus > 0:
             self.cache.crop(-surplus)
+
+    def _start_over(self) -> None:
+        """An empty cache in place of one that cannot be cut back: the next prefill reads the
+        whole prompt. A sliding-window layer (Gemma 3's) past its window holds only the keys
+        recorded since its last cut, so a longer cut (the story's window slid) cannot be undone."""
+        self.cache = DynamicCache(config=self.config)
+        _record_past(self.cache)
+        self.tokens, self.branches = [], []
 
     def ensure(self, needed: int, *, window: int) -> None:
         """Room for `needed` tokens in a static cache: grow it by a copy, not a prefill."""
@@ -154,6 +167,33 @@ class SessionCache:
                 branch.append(token)
         else:
             self.tokens.append(tokens[0])
+
+
+def _record_past(cache: StaticCache | DynamicCache) -> None:
+    """Sliding-window layers keep every key until the next cut instead of only their window's
+    last ones, so the tokens a turn generated and the story did not keep can be cut back."""
+    if isinstance(cache, DynamicCache):
+        for layer in cache.layers:
+            sliding: Any = layer
+            if getattr(sliding, "is_sliding", False) and hasattr(sliding, "activate_past_recording"):
+                sliding.activate_past_recording()
+
+
+def _cannot_cut(cache: StaticCache | DynamicCache, surplus: int) -> bool:
+    """Whether cutting the last `surplus` tokens needs keys a sliding-window layer no longer holds.
+
+    Past its window such a layer holds the keys recorded since its last cut (which keeps one
+    window's worth): enough to cut back what was added since, not further."""
+    for layer in cache.layers:
+        sliding: Any = layer  # transformers' DynamicSlidingWindowLayer; other layers have no window
+        window = getattr(sliding, "sliding_window", None) if getattr(sliding, "is_sliding", False) else None
+        length = int(sliding.get_seq_length()) if window is not None else 0
+        if window is None or length < window:
+            continue
+        held = int(sliding.keys.shape[-2])
+        if not getattr(sliding, "record_past", False) or held < min(length, surplus + int(window) - 1):
+            return True
+    return False
 
 
 def _device(cache: StaticCache | DynamicCache) -> torch.device:
