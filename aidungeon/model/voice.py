@@ -49,13 +49,11 @@ FIRST_PERSON = frozenset(
 # plays_player turns: "You whisper", "you say quietly", "You ask in a friendly voice", "You
 # said it was mine", "You told her", "You mention"). Acts ("you took the coin") are not here:
 # banning them would also ban the outcome of the player's own action.
-SPEECH_VERBS = (
-    "say says said ask asks asked tell tells told reply replies replied answer answers answered "
-    "whisper whispers whispered shout shouts shouted yell yells yelled mutter mutters muttered "
-    "murmur murmurs murmured exclaim exclaims exclaimed respond responds responded mention "
-    "mentions mentioned explain explains explained insist insists insisted promise promises "
-    "promised apologize apologizes apologized"
-).split()
+_REGULAR = "ask answer whisper shout yell mutter murmur exclaim respond mention explain insist"
+_IRREGULAR = (
+    "say says said tell tells told reply replies replied promise promises promised apologize apologizes apologized"
+)
+SPEECH_VERBS = tuple(f"{base}{end}" for base in _REGULAR.split() for end in ("", "s", "ed")) + tuple(_IRREGULAR.split())
 QUOTE_CHARS = '"“”'
 MIN_VERB_PIECE = 3
 _WORD = re.compile(r"[A-Za-z]+")
@@ -197,7 +195,7 @@ def _speech_first_tokens(tokenizer: PreTrainedTokenizerBase, size: int) -> set[i
             continue
         # A short piece (" y" of " yelled", " ex" of " exclaims") also starts everyday words
         # ("you examine"); only a piece of 3 letters or more is the verb's own.
-        piece = tokenizer.decode(ids[:1], clean_up_tokenization_spaces=False).strip()
+        piece = str(tokenizer.decode(ids[:1], clean_up_tokenization_spaces=False)).strip()
         if len(piece) >= MIN_VERB_PIECE or len(ids) == 1:
             first.add(int(ids[0]))
     return first
@@ -231,7 +229,7 @@ class _VoiceStep(LogitsProcessor):
         last_break = torch.where(breaks, position, -1).amax(dim=1, keepdim=True)
         # A breaking token's own count is already only the quotes after its break.
         counted = self.vocabulary.quotes[generated] * (position >= last_break)
-        return cast(torch.Tensor, counted.sum(dim=1) % 2 == 1)
+        return counted.sum(dim=1) % 2 == 1
 
 
 class NarratorVoice(_VoiceStep):

@@ -15,6 +15,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import LogitsProcessorList
@@ -28,7 +29,9 @@ from aidungeon.storage.paths import default_paths
 REPEATS = 400
 
 
-def per_call_ms(lists: dict[str, LogitsProcessorList], input_ids: torch.Tensor, scores: torch.Tensor) -> dict[str, float]:
+def per_call_ms(
+    lists: dict[str, LogitsProcessorList], input_ids: torch.Tensor, scores: torch.Tensor
+) -> dict[str, float]:
     """Median milliseconds of one call of each processor list, the lists called in turn (so a
     busy moment of the shared machine falls on both alike)."""
     times: dict[str, list[float]] = {name: [] for name in lists}
@@ -36,7 +39,7 @@ def per_call_ms(lists: dict[str, LogitsProcessorList], input_ids: torch.Tensor, 
         for _ in range(REPEATS):
             for name, processors in lists.items():
                 start = time.perf_counter()
-                processors(input_ids, scores.clone())
+                processors(cast(torch.LongTensor, input_ids), cast(torch.FloatTensor, scores.clone()))
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
