@@ -318,3 +318,16 @@ def test_a_seeded_game_turn_narrates_without_first_person(first_person_engine: E
             session.close()
     assert texts[0] == texts[1], "the same seed gives the same turn"
     assert texts[0] and not narrated_first_person(texts[0])
+
+
+def test_the_protocol_endpoints_leave_the_voice_steps_off_unless_asked() -> None:
+    from aidungeon.server.protocols.kobold_schemas import GenerateBody
+    from aidungeon.server.protocols.openai_schemas import CompletionBody
+
+    plain = [CompletionBody(prompt="x").sampling(16, 1024), GenerateBody(prompt="x").sampling(16, 1024)]
+    assert not any(s.narrator_voice or s.player_voice for s in plain)
+    asked = [
+        CompletionBody(prompt="x", narrator_voice=True, player_voice=True).sampling(16, 1024),
+        GenerateBody(prompt="x", narrator_voice=True, player_voice=True).sampling(16, 1024),
+    ]
+    assert all(s.narrator_voice and s.player_voice for s in asked)
