@@ -63,7 +63,8 @@ _LEADING_SPEECH = re.compile(r"^\s+(" + "|".join(SPEECH_VERBS) + r")(?![A-Za-z])
 
 @dataclass(frozen=True)
 class VoiceVocabulary:
-    """Per-token facts the voice processors read, for one tokenizer (all on the CPU).
+    """Per-token facts the voice processors read, for one tokenizer (built on the CPU; `to` moves
+    them to the model's device).
 
     `quotes[t]`: the double quotes in token t after its last line break (all of them if it has
     none); `newline[t]`: it holds a line break; `word_end[t]`: it ends in a letter or digit, so a
@@ -100,6 +101,7 @@ class VoiceVocabulary:
 
     @classmethod
     def build(cls, tokenizer: PreTrainedTokenizerBase) -> VoiceVocabulary:
+        """The tables for `tokenizer`, uncached."""
         texts = token_texts(tokenizer)
         return cls.from_texts(texts, speech_ids=_speech_first_tokens(tokenizer, len(texts)))
 
