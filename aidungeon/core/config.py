@@ -37,6 +37,10 @@ class Sampling:
     max_new_tokens: int = field(default=60, metadata={"help": "longest continuation, in tokens"})
     candidates: int = field(default=0, metadata={"help": "continuations drawn per turn (0 = by device)"})
     seed: int | None = field(default=None, metadata={"help": "seed for reproducible stories (none = random)"})
+    # Logits processors (model/voice.py) that the in-process engine applies; a remote server samples
+    # by itself and cannot. The protocol endpoints (OpenAI, Kobold) turn them off unless asked.
+    narrator_voice: bool = field(default=True, metadata={"help": "never narrate as I/my/we outside quoted speech"})
+    player_voice: bool = field(default=True, metadata={"help": 'never write the player\'s speech ("You say ...")'})
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.temperature <= 5.0, "temperature must be between 0 and 5")
@@ -48,6 +52,8 @@ class Sampling:
         _check(1 <= self.max_new_tokens <= 1024, "max_new_tokens must be between 1 and 1024")
         _check(0 <= self.candidates <= 16, "candidates must be between 0 (auto) and 16")
         _check(self.seed is None or self.seed >= 0, "seed must be a whole number, 0 or more")
+        _check(isinstance(self.narrator_voice, bool), "narrator_voice must be on or off")
+        _check(isinstance(self.player_voice, bool), "player_voice must be on or off")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ def _convert(raw: Any, annotation: str, key: str) -> Any:
     if "None" in annotation and (raw is None or str(raw).strip().lower() in ("none", "off", "random")):
         return None
     kind = annotation.replace(" | None", "")
+    if kind == "bool":
+        return _to_bool(raw, key)
     try:
         if kind == "int":
             if isinstance(raw, float) and not raw.is_integer():
@@ -116,6 +124,20 @@ def _convert(raw: Any, annotation: str, key: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{key} needs a {'whole number' if kind == 'int' else 'number'}, not {raw!r}") from None
     return str(raw).strip()
+
+
+_TRUE = ("on", "true", "yes", "1")
+_FALSE = ("off", "false", "no", "0")
+
+
+def _to_bool(raw: Any, key: str) -> bool:
+    """A typed on/off (or TOML's true/false) as a bool."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ConfigError(f"{key} is on or off, not {raw!r}")
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,8 @@ def _settings(session: Session, arg: str) -> Iterator[Event]:
 
 
 def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return "none" if value is None else str(value)
 
 

@@ -297,6 +297,7 @@ class Engine:
             eos_ids=sorted(self.eos_ids),
             vocab_limit=len(self.tokenizer),
             device=self.device,
+            tokenizer=self.tokenizer,
         )
 
     def _generator(self, seed: int | None) -> torch.Generator:

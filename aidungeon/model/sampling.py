@@ -3,7 +3,8 @@
 Each step validates its settings in `__init__` and is a pure `__call__(input_ids, scores) ->
 scores` on tensors: no hidden state, no Python loops over the vocabulary. Temperature comes
 from transformers itself; this module adds the range-and-slope repetition penalty that story
-players know from KoboldAI, and `build_processors` which assembles the list.
+players know from KoboldAI, and `build_processors` which assembles the list, with the narrator-
+and player-voice steps of `voice.py` when it is given the tokenizer.
 
 Top-k and top-p are applied by `sample_next` on the k best tokens only. transformers' top-p
 warper sorts the whole vocabulary every step, which cost 3 ms of a 25 ms SmolLM2 decode step
@@ -19,10 +20,12 @@ from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
+    PreTrainedTokenizerBase,
     TemperatureLogitsWarper,
 )
 
 from aidungeon.core.config import Sampling
+from aidungeon.model.voice import NarratorVoice, PlayerVoice, VoiceVocabulary
 
 
 class RangeRepetitionPenalty(LogitsProcessor):
@@ -104,11 +107,15 @@ def build_processors(
     eos_ids: list[int],
     vocab_limit: int | None = None,
     device: torch.device | str = "cpu",
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> LogitsProcessorList:
-    """The processors for one generation, in the order KoboldAI and transformers apply them."""
+    """The processors for one generation, in the order KoboldAI and transformers apply them.
+    The voice steps (`model/voice.py`) need the `tokenizer`'s vocabulary; without one they are
+    left out."""
     processors = LogitsProcessorList()
     if vocab_limit is not None:
         processors.append(VocabLimit(vocab_limit))
+    processors.extend(_voice_steps(sampling, tokenizer, prompt_length=prompt_length, device=device))
     if eos_ids:
         processors.append(MinNewTokens(prompt_length, MIN_NEW_TOKENS, eos_ids, device=str(device)))
     if sampling.repetition_penalty > 1.0 and sampling.repetition_range > 0:
@@ -120,6 +127,21 @@ def build_processors(
     if sampling.temperature > 0:
         processors.append(TemperatureLogitsWarper(float(sampling.temperature)))
     return processors
+
+
+def _voice_steps(
+    sampling: Sampling, tokenizer: PreTrainedTokenizerBase | None, *, prompt_length: int, device: torch.device | str
+) -> list[LogitsProcessor]:
+    """The narrator- and player-voice steps the settings ask for (none without a tokenizer)."""
+    if tokenizer is None or not (sampling.narrator_voice or sampling.player_voice):
+        return []
+    vocabulary = VoiceVocabulary.of(tokenizer, device=device)
+    steps: list[LogitsProcessor] = []
+    if sampling.narrator_voice:
+        steps.append(NarratorVoice(vocabulary, prompt_length=prompt_length))
+    if sampling.player_voice:
+        steps.append(PlayerVoice(vocabulary, prompt_length=prompt_length))
+    return steps
 
 
 def nucleus(scores: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,12 +1,14 @@
 """Play the gold set's adventures on a model and write every shown turn as unlabelled JSONL.
 
-    python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36]
+    python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36] [--voice off]
 
 Six settings, two seeds each, 18 turns per adventure by default: the opening's continuation,
 then the coherence bench's scripted actions interleaved with open-ended ones a new player types
 (odd requests, questions to characters, speech). It runs the game's own session through the
 coherence bench's runner with the guard, as a player plays. Labels are added by a person
-reading each turn (see README.md here); nothing in this script labels.
+reading each turn (see README.md here); nothing in this script labels. `--voice off` turns the
+narrator- and player-voice logits processors off (they are on by default, as in the game), to
+replay the adventures as they were before them.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ def main() -> None:
         "--split", choices=["all", "dev", "test"], default="all", help="dev: a setting's first seed; test: its second"
     )
     parser.add_argument("--skip", type=int, default=0, help="adventures already played (the file is appended to)")
+    parser.add_argument("--voice", choices=["on", "off"], default="on", help="the narrator- and player-voice steps")
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
     config = Config().with_value("max_new_tokens", args.max_new_tokens).with_value("context_tokens", 1024)
+    config = config.with_value("narrator_voice", args.voice).with_value("player_voice", args.voice)
     scripted = load_script(SCRIPT)["actions"]
     with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
         for index, (setting, character, name, seed) in enumerate(ADVENTURES[: args.adventures]):

@@ -48,6 +48,9 @@ class GenerateBody(_Lenient):
     stop_sequence: list[str] | str | None = Field(default=None, description="cut the text at the first of these")
     trim_stop: bool | None = Field(default=None, description="leave the stop sequence out of the text")
     genkey: str | None = Field(default=None, max_length=200, description="names the generation for abort")
+    # This server's own extras (not koboldcpp's): the game's narrator steps, off unless asked.
+    narrator_voice: bool = Field(default=False, description="ban I/my/we outside quoted speech")
+    player_voice: bool = Field(default=False, description='ban "you say", "you said", ... outside quotes')
 
     def stops(self) -> tuple[str, ...]:
         raw = [self.stop_sequence] if isinstance(self.stop_sequence, str) else self.stop_sequence or []
@@ -71,6 +74,8 @@ class GenerateBody(_Lenient):
             repetition_slope=_clamp(values["rep_pen_slope"], 0.0, 1.0),
             max_new_tokens=max_new,
             candidates=1,
+            narrator_voice=self.narrator_voice,
+            player_voice=self.player_voice,
         )
 
 

@@ -1,7 +1,8 @@
 """OpenAI completions' request and response models (`/v1/models`, `/v1/completions`).
 
 Shapes follow OpenAI's legacy completions API as openai-python reads it, with vLLM's sampling
-extras (`top_k`, `repetition_penalty`, `include_stop_str_in_output`). Values outside the
+extras (`top_k`, `repetition_penalty`, `include_stop_str_in_output`) and the game's own voice
+steps (`narrator_voice`, `player_voice`: off unless the request asks). Values outside the
 engine's ranges are refused with a clear error, not clamped: these clients set them on purpose.
 Fields this server has no use for (`suffix`, `logit_bias`, `presence_penalty`,
 `frequency_penalty`, `min_p`) are accepted and ignored. It holds no route.
@@ -45,6 +46,9 @@ class CompletionBody(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=200, description="a stable id: its prompts share a cache")
+    # This server's own extras: the game's narrator steps, off for a client that expects a plain model.
+    narrator_voice: bool = Field(default=False, description="ban I/my/we outside quoted speech")
+    player_voice: bool = Field(default=False, description='ban "you say", "you said", ... outside quotes')
 
     def text(self) -> str:
         """The one prompt text; token-id prompts and batches are refused."""
@@ -84,6 +88,8 @@ class CompletionBody(BaseModel):
             repetition_slope=0.0,
             max_new_tokens=max_new,
             candidates=1,
+            narrator_voice=self.narrator_voice,
+            player_voice=self.player_voice,
         )
 
 
