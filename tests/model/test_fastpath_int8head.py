@@ -32,15 +32,17 @@ def _hidden(rows: int, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_head_logits_are_close_to_the_dense_heads(rows: int, dtype: torch.dtype) -> None:
     weight, hidden = _weight(), _hidden(rows).to(dtype)
+    hidden[:, 3] *= 20  # an outlier dimension, as real hidden states have: inputs must keep their bits
     head = Int8Head(weight, None)
-    want = hidden.float() @ weight.T
     got = head(hidden[None])  # (1, rows, dim), as transformers' forward calls it
     assert got.shape == (1, rows, VOCAB) and got.dtype == torch.float32
     got = got[0]
-    # 8-bit weights and 7-bit inputs: about 1-2% of the logits' spread, well under their range.
-    relative = (got - want).norm(dim=-1) / want.norm(dim=-1)
-    assert float(relative.max()) < 0.03
-    assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
+    want = hidden.float() @ weight.T
+    # Only the weights are 8-bit: against the same 8-bit weights the inputs lose almost nothing.
+    scales = weight.abs().amax(dim=1, keepdim=True) / 127
+    same_weights = hidden.float() @ (torch.round(weight / scales) * scales).T
+    assert float(((got - same_weights).norm(dim=-1) / same_weights.norm(dim=-1)).max()) < 1e-3
+    assert float(((got - want).norm(dim=-1) / want.norm(dim=-1)).max()) < 0.01
 
 
 def test_a_bias_is_added() -> None:

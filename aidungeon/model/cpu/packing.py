@@ -24,8 +24,8 @@ in fp32 and bf16, and faster for long inputs too. Nothing about the weights chan
 **8-bit head (opt-in).** The output layer is a model's largest (SmolLM2's 49,152 x 576 is 57 MB
 in bf16, a fifth of a decode step) and, for the default model, not on a 4-bit grid (it ships
 as Q8_0). `Int8Head` keeps it as 8-bit codes with a scale per output row and multiplies through
-fbgemm's int8 kernel, which quantizes each input row to 8 bits as it goes: half of bf16's bytes
-and about a third of its time, but the logits move a little. This is the one layout here that
+fbgemm's int8 kernel (its input split in two 8-bit parts, so only the weights lose bits): half
+of bf16's bytes, but the logits move a little. This is the one layout here that
 trades output for speed, so the loader uses it only for a model whose quantized head passed the
 quality check in benchmarks/RESULTS.md (`benchmarks/head_quality.py`).
 
@@ -209,30 +209,42 @@ class PrepackedLinear(torch.nn.Module):
 
 def int8_head_supported() -> bool:
     """Whether this torch has fbgemm's dynamic int8 linear ops (x86 builds; quantized tensors are
-    deprecated in torch, so a later release may drop them, and the head then stays bf16)."""
+    deprecated in torch, so a later release may drop them, and the head then stays bf16) and the
+    CPU multiplies 8-bit codes with 32-bit sums (VNNI): without it fbgemm's pair sums are 16-bit
+    and can saturate on full 8-bit inputs."""
     ops = torch.ops.quantized
+    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)
     return (
         "fbgemm" in torch.backends.quantized.supported_engines
         and hasattr(ops, "linear_prepack")
         and hasattr(ops, "linear_dynamic")
+        and bool(vnni())
     )
+
+
+# The grid fbgemm quantizes an input on when its range is [-1, 1]: multiples of this step.
+INPUT_STEP = 2.0 / 255
+INPUT_LEVELS = 127
 
 
 class Int8Head(torch.nn.Module):
     """A drop-in for a linear layer with int8 weights (one scale per output row) through fbgemm,
     for the output layer: it returns fp32 logits, which is what sampling uses anyway.
 
-    fbgemm quantizes its input to 8 bits with one range for the whole input tensor, which would
-    make a row's logits depend on the other rows of its batch (and a decode step's rows are
-    other players). So each row is scaled to a peak of 1, and two extra input columns, -1 and
-    +1 against zero weights, pin the range to [-1, 1]: every row is quantized on the same grid
-    whatever else is in the batch, and scaled back after the product."""
+    fbgemm quantizes its input to 8 bits with one range for the whole input tensor. That alone
+    moved the default model's choices too far (the quality check in benchmarks/RESULTS.md), and
+    would make a row's logits depend on the other rows of its batch (other players). So:
+    - each row is scaled to a peak of 1, and two extra input columns, -1 and +1 against zero
+      weights, pin the range to [-1, 1]: every row is quantized on the same grid, whatever else
+      is in the batch;
+    - each row goes in twice: once rounded onto that grid (which fbgemm then holds exactly),
+      once as what the rounding left, scaled up to its own peak of 1. The two products, scaled
+      back and added, carry about 16 bits of the input, so only the weights are 8-bit. Two rows
+      cost about what one does: the product reads the weights once for all rows."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, reduce_range: bool = True) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # 7-bit inputs: fbgemm's 16-bit pair sums then cannot saturate on a CPU without VNNI.
-        self.reduce_range = reduce_range
         dense = weight.detach().float()
         scales = (dense.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
         codes = torch.round(dense / scales[:, None]).clamp(-127, 127)
@@ -259,15 +271,27 @@ class Int8Head(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        peak = rows.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        pinned = torch.cat([rows / peak, self.ends.expand(rows.shape[0], 2)], dim=-1)
-        out = torch.ops.quantized.linear_dynamic(pinned, self.packed, self.reduce_range) * peak
+        count = rows.shape[0]
+        peak = _peaks(rows)
+        scaled = rows / peak
+        high = torch.round(scaled / INPUT_STEP).clamp(-INPUT_LEVELS, INPUT_LEVELS) * INPUT_STEP
+        rest = scaled - high
+        rest_peak = _peaks(rest)
+        both = torch.cat([high, rest / rest_peak])
+        pinned = torch.cat([both, self.ends.expand(2 * count, 2)], dim=-1)
+        out = torch.ops.quantized.linear_dynamic(pinned, self.packed, False)
+        logits = out[:count] * peak + out[count:] * (rest_peak * peak)
         if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+            logits = logits + self.bias
+        return logits.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def _peaks(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's largest magnitude (rows, 1), never zero."""
+    return rows.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def quantize_head(model: torch.nn.Module) -> bool:
