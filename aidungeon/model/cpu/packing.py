@@ -11,7 +11,7 @@ is `min + step * q` with q in 0..15. Such a layer can be stored as those 4-bit c
 a minimum per group, and multiplied by torch's int4 CPU kernel (`_weight_int4pack_mm_for_cpu`),
 reading a quarter of the bytes of bf16 for exactly the same weights (to fp16 rounding).
 
-A layer whose weights are not on such a grid is left as it is: this module never trades
+A layer whose weights are not on such a grid is left as it is: 4-bit packing never trades
 quality for speed. The kernel is fast for a few rows (decoding) but its cost grows faster with
 the rows than a bf16 product's, so long inputs (the whole story after a window drop) dequantize
 the layer's codes and use an ordinary product; dequantizing the default model costs ~0.15 s.
