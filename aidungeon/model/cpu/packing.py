@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -251,7 +252,10 @@ class Int8Head(torch.nn.Module):
         # The two range-pinning columns meet zero weights, so they add nothing to the product.
         padded = torch.cat([codes, codes.new_zeros(self.out_features, 2)], dim=1) * scales[:, None]
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        quantized = torch.quantize_per_channel(padded, scales.double(), zero_points, 0, torch.qint8)
+        with warnings.catch_warnings():
+            # Deprecated in torch (see `int8_head_supported`); a player need not read about it.
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = torch.quantize_per_channel(padded, scales.double(), zero_points, 0, torch.qint8)
         # Added after scaling back, not inside fbgemm's product (which is scaled afterwards).
         self.bias = None if bias is None else bias.detach().float().clone()
         # An opaque fbgemm object, so a plain attribute, as in `PrepackedLinear`. The engine is
