@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--unpacked", action="store_true", help="keep torch's own weight layout on the CPU (to measure packing)"
     )
     parser.add_argument(
+        "--bf16-head",
+        action="store_true",
+        help="keep the output layer in bf16 where the model would take an 8-bit one (to measure it)",
+    )
+    parser.add_argument(
         "--concurrency", type=_int_list, help="sweep: sessions playing at once through one engine, e.g. 1,2,4,8"
     )
     parser.add_argument("--best-of", type=_int_list, help="sweep: candidates drawn a turn, e.g. 1,2,4")
@@ -108,7 +113,9 @@ def speed_bench(args: argparse.Namespace, paths: Paths, *, started_at: float | N
     from aidungeon.model.loader import load_model
 
     spec = _model_spec(args, paths)
-    loaded = load_model(spec, paths, device=args.device, dtype=args.dtype, pack=not args.unpacked)
+    loaded = load_model(
+        spec, paths, device=args.device, dtype=args.dtype, pack=not args.unpacked, int8_head=not args.bf16_head
+    )
     if args.concurrency or args.best_of:
         return sweep_bench(loaded, args)
     start = process_start_time() or started_at
@@ -229,10 +236,17 @@ def sweep_bench(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
         "device": loaded.device,
         "dtype": loaded.dtype,
         "packed_layers": loaded.packed_layers,
+        "output_layer": _output_layer(loaded),
         "machine": machine.machine_description(loaded.device),
         "turns": turns,
         "sweep": rows,
     }
+
+
+def _output_layer(loaded: Any) -> str:
+    """The output layer's kind (`PrepackedLinear`: bf16 or fp32 through oneDNN, `Int8Head`: 8-bit)."""
+    head = loaded.model.get_output_embeddings()
+    return type(head).__name__ if head is not None else "none"
 
 
 def _bench_config(args: argparse.Namespace, loaded: Any) -> Config:
@@ -346,6 +360,7 @@ def summarize(
         "device": loaded.device,
         "dtype": loaded.dtype,
         "packed_layers": loaded.packed_layers,
+        "output_layer": _output_layer(loaded),
         "machine": machine,
         "turns": len(normal),
         "median_ttft_s": median(normal, "ttft_s"),

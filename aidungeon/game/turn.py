@@ -36,6 +36,10 @@ MAX_ATTEMPTS = 3
 RECENT_RESULTS = 6
 # A window smaller than this many tokens leaves no room for a story.
 MIN_BUDGET = 32
+# The largest n whose turn stayed within 1.5x of one candidate's on the CPU (issue 13's rule),
+# from `aidungeon bench --concurrency 1,4 --best-of 1,3`: its rows share the prompt's cache and
+# decode in one batched step (benchmarks/RESULTS.md, "Sessions at once").
+CPU_CANDIDATES = 3
 
 STOPPED = "Stopped. /retry generates again, or type another action."
 
@@ -102,11 +106,11 @@ class TurnPipeline:
         self._start = 0
 
     def candidate_count(self, config: Config) -> int:
-        """Candidates per turn: the setting, or by device (a CPU draws one, a GPU four; a remote
-        server one, as each candidate may cost it a whole generation)."""
+        """Candidates per turn: the setting, or by device: a CPU draws `CPU_CANDIDATES`, a GPU
+        four, a remote server one (each candidate may cost it a whole generation)."""
         if config.sampling.candidates:
             return config.sampling.candidates
-        return 1 if self.engine.device_type in ("cpu", "remote") else 4
+        return {"cpu": CPU_CANDIDATES, "remote": 1}.get(self.engine.device_type, 4)
 
     @staticmethod
     def recent_results(story: Story) -> list[str]:

@@ -45,6 +45,8 @@ class Preset:
     max_window: int | None = None
     # bf16 on the CPU was checked against fp32 for this model (benchmarks/RESULTS.md).
     cpu_bf16: bool = False
+    # Its output layer in 8 bits on the CPU's bf16 path was checked likewise (benchmarks/RESULTS.md).
+    cpu_int8_head: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -56,6 +58,7 @@ PRESETS: dict[str, Preset] = {
             wheel=SMOLLM2,
             max_window=2048,
             cpu_bf16=True,
+            cpu_int8_head=True,
         ),
         Preset("gpt2", "GPT-2 124M, the AI Dungeon reference family", ("openai-community/gpt2", "gpt2")),
         Preset("gpt2-medium", "GPT-2 355M", ("openai-community/gpt2-medium", "gpt2-medium")),
@@ -279,10 +282,12 @@ def load_model(
     dtype: str = "auto",
     progress: ProgressFn = no_progress,
     pack: bool = True,
+    int8_head: bool = True,
 ) -> LoadedModel:
     """Resolve, check and load a model for play. On the CPU, linear layers get the faster
     layouts of `packing.py` and decoding the lean step of `fastpath.py`; `pack=False` keeps
-    torch's layers and transformers' forward (to measure what they buy)."""
+    torch's layers and transformers' forward (to measure what they buy), `int8_head=False` a
+    bf16 output layer where the preset would take an 8-bit one."""
     name, folder = resolve(spec, paths, progress=progress)
     device = choose_device(device)
     dtype = choose_dtype(dtype, device, PRESETS.get(name))
@@ -293,7 +298,7 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     from aidungeon.model.cpu.fastpath import lean_decoder
-    from aidungeon.model.cpu.packing import int4_supported, prepack_dense, repack_4bit
+    from aidungeon.model.cpu.packing import int4_supported, prepack_dense, quantize_head, repack_4bit
 
     hf_logging.disable_progress_bar()
     repack = pack and device == "cpu" and dtype == "bfloat16" and int4_supported()
@@ -307,6 +312,9 @@ def load_model(
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"could not load {name} from {folder}: {err}") from None
     packed = repack_4bit(model, torch.bfloat16) if repack else 0
+    preset = PRESETS.get(name)
+    if repack and int8_head and preset is not None and preset.cpu_int8_head:
+        quantize_head(model)  # from the stored weights, before the cast
     model.to(device=device, dtype=getattr(torch, dtype)).eval()  # type: ignore[call-arg]  # wrapped .to(), see provision
     decoder = None
     if pack and device == "cpu":

@@ -106,6 +106,7 @@ def test_ten_turns_in_process_take_well_under_a_second(game: Session) -> None:
 
 
 def test_retry_keeps_every_alternative_with_its_seed_and_sampling(game: Session) -> None:
+    run(game, "/set candidates 1")  # one a turn, so /retry draws anew (a CPU's default draws 3)
     play(game, "look around")
     turn = game.story.last
     assert turn is not None
@@ -369,6 +370,7 @@ def test_empty_results_are_retried_a_bounded_number_of_times(engine: FakeEngine,
 
 def test_an_empty_retry_keeps_the_turn(engine: FakeEngine, game: Session) -> None:
     engine.script = ["The door opens.", *[""] * turn_module.MAX_ATTEMPTS]
+    run(game, "/set candidates 1")  # one a turn, so /retry draws anew (a CPU's default draws 3)
     play(game, "look around")
     turn = game.story.last
     assert turn is not None

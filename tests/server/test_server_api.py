@@ -227,6 +227,7 @@ def test_two_writers_never_overwrite_each_other(server: Server) -> None:
 
 def test_out_of_memory_is_one_error_event_and_the_server_goes_on(server: Server) -> None:
     story_id = server.story()
+    server.turn(story_id, "/set candidates 1")  # else the first answer to running out is fewer (a CPU draws 3)
     server.turn(story_id, "")
     before = server.client.get(f"/api/stories/{story_id}").json()["path"]
     server.engine.oom = lambda request: True

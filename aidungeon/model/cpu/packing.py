@@ -11,7 +11,7 @@ is `min + step * q` with q in 0..15. Such a layer can be stored as those 4-bit c
 a minimum per group, and multiplied by torch's int4 CPU kernel (`_weight_int4pack_mm_for_cpu`),
 reading a quarter of the bytes of bf16 for exactly the same weights (to fp16 rounding).
 
-A layer whose weights are not on such a grid is left as it is: this module never trades
+A layer whose weights are not on such a grid is left as it is: 4-bit packing never trades
 quality for speed. The kernel is fast for a few rows (decoding) but its cost grows faster with
 the rows than a bf16 product's, so long inputs (the whole story after a window drop) dequantize
 the layer's codes and use an ordinary product; dequantizing the default model costs ~0.15 s.
@@ -21,13 +21,22 @@ blocked layout and multiplied by oneDNN (`torch.ops.mkldnn._linear_pointwise`), 
 torch.compile's CPU freezing pass does: measured 1.25-2.3x faster than `F.linear` for one row,
 in fp32 and bf16, and faster for long inputs too. Nothing about the weights changes.
 
-Both are measured in benchmarks/RESULTS.md.
+**8-bit head (opt-in).** The output layer is a model's largest (SmolLM2's 49,152 x 576 is 57 MB
+in bf16, a fifth of a decode step) and, for the default model, not on a 4-bit grid (it ships
+as Q8_0). `Int8Head` keeps it as 8-bit codes with a scale per output row and multiplies through
+fbgemm's int8 kernel (its input split in two 8-bit parts, so only the weights lose bits): half
+of bf16's bytes, but the logits move a little. This is the one layout here that
+trades output for speed, so the loader uses it only for a model whose quantized head passed the
+quality check in benchmarks/RESULTS.md (`benchmarks/head_quality.py`).
+
+All are measured in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -197,6 +206,111 @@ class PrepackedLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def int8_head_supported() -> bool:
+    """Whether this torch has fbgemm's dynamic int8 linear ops (x86 builds; quantized tensors are
+    deprecated in torch, so a later release may drop them, and the head then stays bf16) and the
+    CPU multiplies 8-bit codes with 32-bit sums (VNNI): without it fbgemm's pair sums are 16-bit
+    and can saturate on full 8-bit inputs."""
+    ops = torch.ops.quantized
+    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    return (
+        "fbgemm" in torch.backends.quantized.supported_engines
+        and hasattr(ops, "linear_prepack")
+        and hasattr(ops, "linear_dynamic")
+        and bool(vnni())
+    )
+
+
+# The grid fbgemm quantizes an input on when its range is [-1, 1]: multiples of this step.
+INPUT_STEP = 2.0 / 255
+INPUT_LEVELS = 127
+
+
+class Int8Head(torch.nn.Module):
+    """A drop-in for a linear layer with int8 weights (one scale per output row) through fbgemm,
+    for the output layer: it returns fp32 logits, which is what sampling uses anyway.
+
+    fbgemm quantizes its input to 8 bits with one range for the whole input tensor. That alone
+    moved the default model's choices too far (the quality check in benchmarks/RESULTS.md), and
+    would make a row's logits depend on the other rows of its batch (other players). So:
+    - each row is scaled to a peak of 1, and two extra input columns, -1 and +1 against zero
+      weights, pin the range to [-1, 1]: every row is quantized on the same grid, whatever else
+      is in the batch;
+    - each row goes in twice: once rounded onto that grid (which fbgemm then holds exactly),
+      once as what the rounding left, scaled up to its own peak of 1. The two products, scaled
+      back and added, carry about 16 bits of the input, so only the weights are 8-bit. Two rows
+      cost about what one does: the product reads the weights once for all rows."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        dense = weight.detach().float()
+        scales = (dense.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        codes = torch.round(dense / scales[:, None]).clamp(-127, 127)
+        # The two range-pinning columns meet zero weights, so they add nothing to the product.
+        padded = torch.cat([codes, codes.new_zeros(self.out_features, 2)], dim=1) * scales[:, None]
+        zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():
+            # Deprecated in torch (see `int8_head_supported`); a player need not read about it.
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = torch.quantize_per_channel(padded, scales.double(), zero_points, 0, torch.qint8)
+        # Added after scaling back, not inside fbgemm's product (which is scaled afterwards).
+        self.bias = None if bias is None else bias.detach().float().clone()
+        # An opaque fbgemm object, so a plain attribute, as in `PrepackedLinear`. The engine is
+        # torch's global setting; the packed object keeps fbgemm's kernel whatever it says later.
+        engine = torch.backends.quantized.engine
+        torch.backends.quantized.engine = "fbgemm"
+        try:
+            self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        finally:
+            torch.backends.quantized.engine = engine
+        # A plain attribute, not a buffer: casting the model to bf16 must leave it fp32.
+        self.ends = torch.tensor([[-1.0, 1.0]])
+
+    def decode_bytes(self) -> int:
+        """Bytes one decoding step reads: a byte a weight and a 4-byte scale a row."""
+        return self.out_features * (self.in_features + 2 + 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        count = rows.shape[0]
+        peak = _peaks(rows)
+        scaled = rows / peak
+        high = torch.round(scaled / INPUT_STEP).clamp(-INPUT_LEVELS, INPUT_LEVELS) * INPUT_STEP
+        rest = scaled - high
+        rest_peak = _peaks(rest)
+        both = torch.cat([high, rest / rest_peak])
+        pinned = torch.cat([both, self.ends.expand(2 * count, 2)], dim=-1)
+        out = torch.ops.quantized.linear_dynamic(pinned, self.packed, False)
+        logits = out[:count] * peak + out[count:] * (rest_peak * peak)
+        if self.bias is not None:
+            logits = logits + self.bias
+        return logits.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def _peaks(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's largest magnitude (rows, 1), never zero."""
+    return rows.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def quantize_head(model: torch.nn.Module) -> bool:
+    """Put an `Int8Head` in place of the model's output layer, a dense one (call it before
+    `prepack_dense`, and before casting to a lower precision: it reads the stored weights);
+    returns whether it did. A tied head leaves the input embeddings as they are."""
+    if not int8_head_supported():
+        return False
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    weight = None if head is None else _weight_out_in(head)
+    if weight is None or weight.device.type != "cpu":
+        return False
+    model.set_output_embeddings(Int8Head(weight, getattr(head, "bias", None)))  # type: ignore[operator]
+    log.info("output layer in 8 bits (fbgemm)")
+    return True
 
 
 def prepack_dense(model: torch.nn.Module) -> int:
