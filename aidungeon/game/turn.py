@@ -68,12 +68,14 @@ class TurnPipeline:
         reuse_cache: bool = True,
         session_id: str = "",
         rng: random.Random | None = None,
+        shared_engine: bool = False,
     ) -> None:
         self.engine = engine
         self.layout = layout
         self.rules = rules_for(rules)
         self.reuse_cache = reuse_cache  # off in the benchmark's naive mode
         self.session_id = session_id
+        self.shared_engine = shared_engine  # a server's: its players' rows fill the batch
         self.ids = PromptIds(engine.encode, engine.decode)
         self.telemetry = Telemetry()
         self._rng = rng or random.SystemRandom()
@@ -107,9 +109,13 @@ class TurnPipeline:
 
     def candidate_count(self, config: Config) -> int:
         """Candidates per turn: the setting, or by device: a CPU draws `CPU_CANDIDATES`, a GPU
-        four, a remote server one (each candidate may cost it a whole generation)."""
+        four, a remote server one (each candidate may cost it a whole generation). An engine
+        shared by a server's players draws one: there the batch's rows are other players' turns,
+        and every extra candidate takes a row from them."""
         if config.sampling.candidates:
             return config.sampling.candidates
+        if self.shared_engine:
+            return 1
         return {"cpu": CPU_CANDIDATES, "remote": 1}.get(self.engine.device_type, 4)
 
     @staticmethod

@@ -225,9 +225,20 @@ def test_two_writers_never_overwrite_each_other(server: Server) -> None:
     assert "written elsewhere" in memory and "written here" in memory
 
 
+def test_a_served_story_draws_one_candidate_unless_its_settings_ask(server: Server) -> None:
+    """The server's engine is shared: its rows are other players' turns, so a story draws one
+    candidate a turn (where the terminal game on a CPU draws three) until it asks for more."""
+    assert server.engine.device_type == "cpu"
+    story_id = server.story()
+    server.turn(story_id, "look around")
+    assert server.engine.requests[-1].n == 1
+    server.turn(story_id, "/set candidates 3")
+    server.turn(story_id, "look again")
+    assert server.engine.requests[-1].n == 3
+
+
 def test_out_of_memory_is_one_error_event_and_the_server_goes_on(server: Server) -> None:
     story_id = server.story()
-    server.turn(story_id, "/set candidates 1")  # else the first answer to running out is fewer (a CPU draws 3)
     server.turn(story_id, "")
     before = server.client.get(f"/api/stories/{story_id}").json()["path"]
     server.engine.oom = lambda request: True
