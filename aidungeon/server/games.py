@@ -208,9 +208,7 @@ class Games:
         keeper = SlotKeeper(store, story_id, model_name=self.model.name)
         data, _warnings = keeper.slot.read()
         config = settings_from_save(self.config, data)
-        turns = TurnPipeline(
-            self.model.engine, layout=self.model.layout, session_id=story_id, shared_engine=True
-        )
+        turns = TurnPipeline(self.model.engine, layout=self.model.layout, session_id=story_id, shared_engine=True)
         return Session(data.story, config, turns=turns, keeper=keeper, commands=server_dispatch)
 
     def _keep_or_drop(self, story_id: str, owner_id: int, session: Session) -> None:
