@@ -222,6 +222,42 @@ def test_the_page_is_served_with_a_strict_content_security_policy(players: tuple
         assert "/" not in api.get("/openapi.json").json()["paths"]  # the page is not part of the API
 
 
+def test_a_turn_the_server_finished_but_whose_answer_was_lost_is_shown_once(
+    players: tuple[Served, dict[str, str]], chromium: Any, problems: list[str]
+) -> None:
+    """The server plays the turn and saves it, but the page's connection drops before the answer
+    arrives (a replica dying behind a proxy looks the same): the page sends the line again under
+    the same Idempotency-Key, and the server answers from what it saved instead of playing again."""
+    served, tokens = players
+    token = tokens["alice"]
+    page = open_page(chromium, served.url, problems)
+    sign_in(page, token)
+    story_id = start_custom(page, "You stand before a locked iron gate.")
+    turns_before = len(kept(served, token, story_id)["path"])
+    keys: list[str | None] = []
+
+    def lose_first_answer(route: Any) -> None:
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            route.fetch()  # the server plays the whole turn ...
+            route.abort("connectionreset")  # ... and its answer never arrives
+        else:
+            route.fallback()
+
+    page.route("**/api/stories/*/turns", lose_first_answer)
+    for _ in range(4):  # as in play(): a turn the tiny model stalls on is taken back; send again
+        keys.clear()
+        send(page, "knock on the gate")
+        assert len(keys) == 2 and keys[0] and keys[0] == keys[1]
+        if actions(page)[-1:] == ["You knock on the gate."]:
+            break
+    page.unroute("**/api/stories/*/turns")
+    detail = assert_page_shows_the_story(page, served, token, story_id)
+    assert len(detail["path"]) == turns_before + 1  # played once, not twice
+    assert actions(page).count("You knock on the gate.") == 1
+    assert problems == []
+
+
 def play(page: Page, line: str, action: str) -> None:
     """Send a line until the story keeps its action: a turn whose every try gives no usable text
     (rare with the trained tiny model) is taken back by the game, and a player sends it again."""
@@ -436,7 +472,7 @@ def test_a_busy_server_and_a_dropped_connection_are_retried(
     idle(page)
     page.unroute("**/api/stories/*/turns")
     page.unroute(f"**/api/stories/{story_id}")
-    assert dropped == ["turn", "read"]
+    assert dropped == ["turn"] * 4 + ["read"]  # sent 4 times under its key, then given back
     assert shown(page) == before
     assert page.input_value("#line") == "listen"
     play(page, "listen", "You listen.")

@@ -61,12 +61,17 @@ def test_players_play_turns_and_sigterm_finishes_the_turn_in_flight(served: Serv
     # Uvicorn finishes the requests in flight, then ends by the signal it was sent (as a service should).
     assert served.process.wait(60) in (0, -signal.SIGTERM)
     assert finished and finished[0][-1] == {"end": True}
-    # The turn that was running when SIGTERM came is saved: restart and read it.
+    # The turn that was running when SIGTERM came is saved as it was shown: restart and read it.
+    shown = [e["text"] for e in finished[0] if e.get("kind") == "result"]
     home = served.log.parent
     again = start_serve(home, Path(served.process.args[5]))
     try:
         path = httpx.get(f"{again.url}/api/stories/{story_id}", timeout=30).json()["path"]
-        assert path[-1]["action"] == "You sing a long song." and path[-1]["result"]
+        if shown:
+            assert path[-1] == {"action": "You sing a long song.", "result": shown[-1]}
+        else:  # the tiny model stalled (rare): the game took the turn back, and said so
+            assert any(e.get("data") == "stalled" for e in finished[0]), finished[0]
+            assert path[-1]["action"] == "You walk north."
     finally:
         again.stop()
 

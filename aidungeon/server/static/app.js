@@ -11,6 +11,7 @@
 (() => {
   const TOKEN_KEY = "aidungeon.token";
   const MAX_TRIES = 8; // for requests that are safe to repeat: GETs, and turns the server refused
+  const RESEND_TRIES = 4; // a turn sent again under its key after its connection dropped
   const ENDS_SENTENCE = /[.!?…]["'’”)\]]*$/;
   const TABLE_HINTS = {
     Memory: "Add with /remember TEXT, change with /memory N TEXT, remove with /forget N.",
@@ -79,8 +80,8 @@
 
   // -- the API -------------------------------------------------------------------------------
 
-  function headers(json) {
-    const h = {};
+  function headers(json, extra) {
+    const h = Object.assign({}, extra);
     if (state.token) h.Authorization = "Bearer " + state.token;
     if (json) h["Content-Type"] = "application/json";
     return h;
@@ -104,7 +105,7 @@
     const opts = options || {};
     const response = await fetch(path, {
       method: opts.method || "GET",
-      headers: headers(opts.body !== undefined),
+      headers: headers(opts.body !== undefined, opts.headers),
       body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
       signal: opts.signal,
       cache: "no-store",
@@ -435,12 +436,23 @@
     const stream = new Stream(line);
     const controller = new AbortController();
     state.controller = controller;
+    const key = turnKey();
     let outcome = "done";
     let started = false;
     try {
-      const response = await postTurn(line, controller.signal);
-      started = true;
-      await readEvents(response, (event) => stream.handle(event));
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const response = await postTurn(line, key, controller.signal);
+          started = true;
+          await readEvents(response, (event) => stream.handle(event));
+          break;
+        } catch (err) {
+          if (controller.signal.aborted || !resendable(err) || attempt >= RESEND_TRIES) throw err;
+          notice("The connection dropped during the turn; sending it again…", "warn");
+          await sleep(500 * 2 ** (attempt - 1));
+          stream.restart(); // the answer to the key shows the turn whole again
+        }
+      }
     } catch (err) {
       if (controller.signal.aborted) outcome = "stopped";
       else if (err instanceof ApiError) outcome = err;
@@ -483,12 +495,26 @@
     }
   }
 
+  // The line's own key: the server answers the same key again from what it saved, never plays it
+  // twice. getRandomValues, unlike randomUUID, works on a plain-http LAN address too.
+  function turnKey() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // A turn whose connection dropped (or whose server's proxy answered 500/502/504: a replica
+  // gone) is sent again under its key, so a turn the server finished is shown, not played again.
+  function resendable(err) {
+    return !(err instanceof ApiError) || [500, 502, 504].includes(err.status);
+  }
+
   // POST the line; a busy server (503, 429) or a turn still ending (409, after Stop) is asked again.
-  async function postTurn(line, signal) {
+  async function postTurn(line, key, signal) {
     const path = `/api/stories/${encodeURIComponent(state.storyId)}/turns`;
+    const keyed = { "Idempotency-Key": key };
     for (let attempt = 1; ; attempt++) {
       try {
-        const response = await request(path, { method: "POST", body: { text: line }, signal });
+        const response = await request(path, { method: "POST", body: { text: line }, signal, headers: keyed });
         notice("");
         return response;
       } catch (err) {
@@ -604,6 +630,11 @@
         announce(this.text.slice(this.spoken, end + 1));
         this.spoken = end + 1;
       }
+    }
+
+    restart() {
+      this.dropPreview();
+      this.box.replaceChildren();
     }
 
     dropPreview() {
