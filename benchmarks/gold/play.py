@@ -1,6 +1,6 @@
 """Play the gold set's adventures on a model and write every shown turn as unlabelled JSONL.
 
-    python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36] [--voice off]
+    python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36] [--voice off] [--candidates N]
 
 Six settings, two seeds each, 18 turns per adventure by default: the opening's continuation,
 then the coherence bench's scripted actions interleaved with open-ended ones a new player types
@@ -8,7 +8,9 @@ then the coherence bench's scripted actions interleaved with open-ended ones a n
 coherence bench's runner with the guard, as a player plays. Labels are added by a person
 reading each turn (see README.md here); nothing in this script labels. `--voice off` turns the
 narrator- and player-voice logits processors off (they are on by default, as in the game), to
-replay the adventures as they were before them.
+replay the adventures as they were before them. `--candidates N` draws N continuations a turn
+for the guard to rank; the default, 0, is the game's own choice (on the CPU, `CPU_CANDIDATES`),
+and `--candidates 1` replays the lever runs made before the CPU drew three.
 """
 
 from __future__ import annotations
@@ -76,11 +78,15 @@ def main() -> None:
     )
     parser.add_argument("--skip", type=int, default=0, help="adventures already played (the file is appended to)")
     parser.add_argument("--voice", choices=["on", "off"], default="on", help="the narrator- and player-voice steps")
+    parser.add_argument(
+        "--candidates", type=int, default=0, help="continuations per turn (0 = the game's default by device)"
+    )
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
     config = Config().with_value("max_new_tokens", args.max_new_tokens).with_value("context_tokens", 1024)
     config = config.with_value("narrator_voice", args.voice).with_value("player_voice", args.voice)
+    config = config.with_value("candidates", args.candidates)
     scripted = load_script(SCRIPT)["actions"]
     with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
         for index, (setting, character, name, seed) in enumerate(ADVENTURES[: args.adventures]):
