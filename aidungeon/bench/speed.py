@@ -23,6 +23,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,30 @@ def _model_spec(args: argparse.Namespace, paths: Paths) -> str:
     return str(folder)
 
 
+@contextmanager
+def scripted_session(
+    engine: Any, config: Config, *, name: str, model_name: str, layout: Any, reuse_cache: bool = True, raw: bool = False
+) -> Iterator[Any]:
+    """A game session on the bench's scripted opening, saving into a throwaway data folder; play
+    it with `ACTIONS`. `raw` keeps uncleaned text (random weights write noise)."""
+    from aidungeon.core.story import Story
+    from aidungeon.game.rules import RuleSet
+    from aidungeon.game.start import start_session
+
+    with tempfile.TemporaryDirectory(prefix="aidungeon-bench-") as home:
+        yield start_session(
+            Story(opening=OPENING, title="bench", pin_opening=True),
+            engine,
+            config,
+            default_paths({"AIDUNGEON_HOME": home}),
+            save_name=name,
+            model_name=model_name,
+            layout=layout,
+            reuse_cache=reuse_cache,
+            rules=RuleSet.RAW if raw else RuleSet.GUARD,
+        )
+
+
 def play_session(
     loaded: Any,
     config: Config,
@@ -175,25 +201,13 @@ def play_session(
 ) -> list[TurnRecord]:
     """Play the scripted actions (on `engine`, else a fresh one; `name` is the session);
     `raw` keeps uncleaned text (random weights write noise)."""
-    from aidungeon.core.story import Story
     from aidungeon.game.events import STALLED, EventKind
-    from aidungeon.game.rules import RuleSet
-    from aidungeon.game.start import start_session
     from aidungeon.model.engine import Engine
 
     engine = engine or Engine.for_model(loaded)
-    with tempfile.TemporaryDirectory(prefix="aidungeon-bench-") as home:
-        session = start_session(
-            Story(opening=OPENING, title="bench", pin_opening=True),
-            engine,
-            config,
-            default_paths({"AIDUNGEON_HOME": home}),
-            save_name=name,
-            model_name=loaded.name,
-            layout=loaded.layout,
-            reuse_cache=reuse_cache,
-            rules=RuleSet.RAW if raw else RuleSet.GUARD,
-        )
+    with scripted_session(
+        engine, config, name=name, model_name=loaded.name, layout=loaded.layout, reuse_cache=reuse_cache, raw=raw
+    ) as session:
         records = []
         for number in range(turns):
             start = time.perf_counter()
