@@ -91,7 +91,10 @@ def test_a_turn_on_a_server_killed_mid_stream_finishes_on_the_other(
         if event.kind is EventKind.PIECE and not killed:
             killed.append(first.stop(signal.SIGKILL))
 
-    events = player.play("light a torch", kill_on_first_piece)
+    for line in ("light a torch", "open the door", "look around"):
+        events = player.play(line, kill_on_first_piece)
+        if killed:
+            break  # else the tiny model stalled (3 tries, no usable text, nothing streamed): another line
     assert killed == [-signal.SIGKILL], "the turn streamed no piece: the kill tested nothing"
     assert player.api.url == second.url
     assert player.notices == [LOST]  # one notice, and the turn ended without an error
