@@ -9,7 +9,9 @@ and writes the player's speech ("You say ...", `"Howdy," you said`) on about 20%
   capitalised, so "US" stays), in every spelling the vocabulary has (" I", "I", " my", "My", a
   token that closes a quote and then says "I", ...). Inside quotes characters speak freely.
 - `PlayerVoice`: outside quotes, right after a "you"/"You" token, no speech verb ("say",
-  "said", "ask", "told", "reply", "whispered", ...): the player's words are theirs to type.
+  "said", "ask", "told", "reply", "whispered", ...): the player's words are theirs to type. Nor
+  may a continuation open the player's next turn (a ">" line) before it has written anything:
+  the game would cut it there and throw the whole draw away as empty.
 
 Both follow transformers' LogitsProcessor contract and keep no state between calls: each row's
 state is read from that row's own generated tokens (`input_ids[:, prompt_length:]`) through
@@ -73,7 +75,8 @@ class VoiceVocabulary:
     before does not end in a word (the token itself starts with a first-person word), `first_inside`
     when inside quotes (the token closes the quote, then speaks as "I"), `first_always` whatever the
     row's state (a first-person word after the token's own line break). `you_end[t]`: token t ends
-    with the word "you"; `speech` are the verbs' tokens banned after it.
+    with the word "you"; `speech` are the verbs' tokens banned after it. `blank[t]`: token t is
+    only whitespace; `marker` are the tokens that open a turn line (">" after any whitespace).
     """
 
     quotes: torch.Tensor
@@ -85,6 +88,8 @@ class VoiceVocabulary:
     first_always: torch.Tensor
     you_end: torch.Tensor
     speech: torch.Tensor
+    blank: torch.Tensor
+    marker: torch.Tensor
 
     @classmethod
     def of(cls, tokenizer: PreTrainedTokenizerBase, *, device: torch.device | str = "cpu") -> VoiceVocabulary:
@@ -113,6 +118,8 @@ class VoiceVocabulary:
         newline = torch.zeros(size, dtype=torch.bool)
         word_end = torch.zeros(size, dtype=torch.bool)
         you_end = torch.zeros(size, dtype=torch.bool)
+        blank = torch.zeros(size, dtype=torch.bool)
+        markers: list[int] = []
         bans: dict[str, list[int]] = {"outside": [], "attached": [], "inside": [], "always": []}
         speech = set(speech_ids or ())
         for token_id, text in enumerate(texts):
@@ -123,6 +130,9 @@ class VoiceVocabulary:
             newline[token_id] = "\n" in text
             word_end[token_id] = text[-1].isalnum()
             you_end[token_id] = _ENDS_WITH_YOU.search(text) is not None
+            blank[token_id] = text.isspace()
+            if text.lstrip().startswith(">"):
+                markers.append(token_id)
             for kind in _first_person_kinds(text):
                 bans[kind].append(token_id)
             if _LEADING_SPEECH.match(text):
@@ -141,6 +151,8 @@ class VoiceVocabulary:
             first_always=ids(bans["always"]),
             you_end=you_end,
             speech=ids(speech),
+            blank=blank,
+            marker=ids(markers),
         )
 
     def to(self, device: torch.device | str) -> VoiceVocabulary:
@@ -259,11 +271,17 @@ class NarratorVoice(_VoiceStep):
 
 
 class PlayerVoice(_VoiceStep):
-    """No speech verb right after "you" outside quotes: the narrator does not speak for the player."""
+    """No speech verb right after "you" outside quotes, and no ">" turn line before any text: the
+    narrator neither speaks nor acts for the player."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         vocab = self.vocabulary
         after_you = vocab.you_end[input_ids[:, -1]] & ~self.inside_quotes(input_ids)
         out = scores.clone()
         _ban(out, vocab.speech, after_you)
+        _ban(out, vocab.marker, self.nothing_written(input_ids))
         return cast(torch.FloatTensor, out)
+
+    def nothing_written(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Per row: whether its generated text so far is empty or only whitespace."""
+        return self.vocabulary.blank[input_ids[:, self.prompt_length :]].all(dim=1)

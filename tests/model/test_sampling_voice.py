@@ -57,6 +57,10 @@ TEXTS = [
     " US",  # 22
     " mine",  # 23
     " Me",  # 24
+    ">",  # 25 opens a turn line
+    " >",  # 26
+    "\n>",  # 27
+    " ->",  # 28 an arrow, no turn line
 ]
 ID = {text: i for i, text in enumerate(TEXTS)}
 FIRST = {ID[t] for t in (" I", "I", " my", "My", " We", " mine", " Me")}
@@ -161,6 +165,16 @@ def test_rows_may_differ_in_the_player_voice_state() -> None:
     vocabulary = VoiceVocabulary.from_texts(TEXTS)
     processor = PlayerVoice(vocabulary, prompt_length=len(PROMPT))
     assert banned(processor, [ID[" you"]], [ID[' "'], ID[" you"]]) == [{ID[" say"], ID[" said"]}, set()]
+
+
+def test_player_voice_opens_no_turn_line_before_the_narration_has_begun() -> None:
+    vocabulary = VoiceVocabulary.from_texts(TEXTS)
+    processor = PlayerVoice(vocabulary, prompt_length=len(PROMPT))
+    markers = {ID[">"], ID[" >"], ID["\n>"]}
+    (nothing,) = banned(processor, [])
+    blank, written, quoted = banned(processor, [ID["\n"], ID["\n"]], [ID["\n"], ID[" the"]], [ID[' "'], ID["\n"]])
+    assert nothing == blank == markers  # the arrow " ->" is no turn line
+    assert written == quoted == set()  # once there is text, "\n>" is where the stop rule ends the turn
 
 
 # -- build_processors and the settings ----------------------------------------------------------
