@@ -246,14 +246,21 @@ def sweep_bench(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
             apart, apart_s, _ = _play_sessions(loaded, config, turns, concurrency, args, at_once=False)
             rows.append(_sweep_row(concurrency, best_of, together, together_s, apart, apart_s, evictions))
     return {
+        **_model_fields(loaded),
+        "machine": machine.machine_description(loaded.device),
+        "turns": turns,
+        "sweep": rows,
+    }
+
+
+def _model_fields(loaded: Any) -> dict[str, Any]:
+    """What model ran, and how: the first fields of every speed report."""
+    return {
         "model": loaded.name,
         "device": loaded.device,
         "dtype": loaded.dtype,
         "packed_layers": loaded.packed_layers,
         "output_layer": _output_layer(loaded),
-        "machine": machine.machine_description(loaded.device),
-        "turns": turns,
-        "sweep": rows,
     }
 
 
@@ -370,11 +377,7 @@ def summarize(
     bandwidth = max(bandwidths)
     bound = bandwidth / weight_bytes
     return {
-        "model": loaded.name,
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "packed_layers": loaded.packed_layers,
-        "output_layer": _output_layer(loaded),
+        **_model_fields(loaded),
         "machine": machine,
         "turns": len(normal),
         "median_ttft_s": median(normal, "ttft_s"),

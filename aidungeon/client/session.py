@@ -19,12 +19,10 @@ from aidungeon.client.api import GameAPI
 from aidungeon.core.cancel import CancelToken
 from aidungeon.core.errors import AIDungeonError, SaveError, StoryError
 from aidungeon.core.text import clean_text
-from aidungeon.game.commands import EXPORT_FORMATS, REGISTRY
+from aidungeon.game.commands import REGISTRY, parse_export, write_export
 from aidungeon.game.events import Event, EventKind, Table
-from aidungeon.storage.paths import write_new_file
 
 RECAP_TURNS = 3
-FORCE = "--force"
 EXPORT_USAGE = "/export md|txt|html [NAME or PATH] [--force]"
 ON_A_SERVER = (
     "On a server: /load lists your stories there (/load NUMBER or ID switches), /export downloads into "
@@ -128,23 +126,9 @@ class ServerSession:
         yield from self.begin(show_recap=True, cancel=cancel)
 
     def _export(self, argument: str, cancel: CancelToken) -> Iterator[Event]:
-        words = argument.split()
-        force = bool(words) and words[-1] == FORCE
-        fmt, _, name = " ".join(words[:-1] if force else words).partition(" ")
-        fmt = (fmt or "md").lower()
-        if fmt not in EXPORT_FORMATS:
-            raise StoryError(f"usage: {EXPORT_USAGE}")
-        target = self._export_target(name.strip(), fmt)
-        data = self.api.export(self.story_id, fmt)
-        try:
-            if target.parent == self.exports_dir:
-                self.exports_dir.mkdir(parents=True, exist_ok=True)
-            write_new_file(target, data, force=force)
-        except FileExistsError:
-            raise StoryError(f"{target} already exists; add --force to replace it") from None
-        except (OSError, ValueError) as err:
-            raise AIDungeonError(f"could not write {target}: {getattr(err, 'strerror', None) or err}") from None
-        yield Event(EventKind.INFO, f"Exported to {target}")
+        fmt, name, force = parse_export(argument, usage=EXPORT_USAGE)
+        target = self._export_target(name, fmt)
+        yield write_export(target, self.api.export(self.story_id, fmt), force=force, folder=self.exports_dir)
 
     def _export_target(self, name: str, fmt: str) -> Path:
         """A plain name goes into the exports folder; only a path the player wrote out (with a

@@ -363,23 +363,35 @@ EXPORT_USAGE = "/export md|txt|html [NAME] [--force]"
 @command("export", usage="md|txt|html [NAME] [--force]")
 def _export(session: Session, arg: str) -> Iterator[Event]:
     """Export the story as Markdown, text or a web page into the exports folder."""
+    fmt, name, force = parse_export(arg, usage=EXPORT_USAGE)
+    if session.exports_dir is None:
+        raise StoryError("this game has no exports folder; use aidungeon export NAME -o FILE")
+    path = session.exports_dir / _export_name(name or session.save_name, fmt)
+    yield write_export(path, export_story(session.story, fmt).encode("utf-8"), force=force, folder=session.exports_dir)
+
+
+def parse_export(arg: str, *, usage: str) -> tuple[str, str, bool]:
+    """`/export`'s argument as (format, name or "", --force given); the format defaults to md."""
     rest, force = _force(arg)
     fmt, _, name = rest.partition(" ")
     fmt = (fmt or "md").lower()
     if fmt not in EXPORT_FORMATS:
-        raise StoryError(f"usage: {EXPORT_USAGE}")
-    if session.exports_dir is None:
-        raise StoryError("this game has no exports folder; use aidungeon export NAME -o FILE")
-    path = session.exports_dir / _export_name(name.strip() or session.save_name, fmt)
-    data = export_story(session.story, fmt).encode("utf-8")
+        raise StoryError(f"usage: {usage}")
+    return fmt, name.strip(), force
+
+
+def write_export(path: Path, data: bytes, *, force: bool, folder: Path) -> Event:
+    """Write an export (never over a file without `force`, never through a link), making
+    `folder` first when the file goes into it; one clear error line otherwise."""
     try:
-        session.exports_dir.mkdir(parents=True, exist_ok=True)
+        if path.parent == folder:
+            folder.mkdir(parents=True, exist_ok=True)
         write_new_file(path, data, force=force)
     except FileExistsError:
-        raise StoryError(f"{path} already exists; /export {fmt} {path.stem} --force replaces it") from None
+        raise StoryError(f"{path} already exists; add --force to replace it") from None
     except (OSError, ValueError) as err:
         raise AIDungeonError(f"could not write {path}: {getattr(err, 'strerror', None) or err}") from None
-    yield Event(EventKind.INFO, f"Exported to {path}")
+    return Event(EventKind.INFO, f"Exported to {path}")
 
 
 def _export_name(name: str, fmt: str) -> str:
