@@ -47,6 +47,8 @@ METRICS = ("clean_turn_rate", "action_followed_rate", *GUARD_COUNTS)
 TABLE = (
     "clean_turn_rate",
     *(f"clean_turn_rate_{first}_{last}" for first, last in WINDOWS),
+    "clean_turn_rate_every_detector",
+    *(f"clean_turn_rate_every_detector_{first}_{last}" for first, last in WINDOWS),
     "action_followed_rate",
     "counted_detectors",
     "unvalidated_detectors",
@@ -129,6 +131,7 @@ def play_adventure(
     """One scripted adventure: the opening's continuation, then `turns - 1` actions."""
     from aidungeon.game.events import EventKind
     from aidungeon.game.start import start_session
+    from aidungeon.game.turn import RECENT_RESULTS
     from aidungeon.model.engine import Engine
     from aidungeon.storage import prompts
 
@@ -149,7 +152,9 @@ def play_adventure(
             rules=rules,
         )
         for number, line in enumerate(adventure_lines(actions, turns), start=1):
-            recent = session.turns.recent_results(session.story)
+            # The results this turn is compared with, as the game's guard compares it: the last
+            # RECENT_RESULTS shown before it (each shown result is the story's result).
+            recent = [turn.text for turn in played if turn.text][-RECENT_RESULTS:]
             before = session.story.last
             events = list(session.handle(line))
             shown = next((e.text for e in events if e.kind is EventKind.RESULT), "")
@@ -202,7 +207,8 @@ def run_coherence(
                 progress(f"{mode}: {adventure['setting']} done ({part.turns} turns)")
         results[mode] = {**total.report(), **judge(everything)}
         results[f"{mode}_transcripts"] = [
-            {"setting": t.setting, "turn": t.number, "action": t.action, "text": t.text} for t in everything
+            {"setting": t.setting, "player_name": t.player_name, "turn": t.number, "action": t.action, "text": t.text}
+            for t in everything
         ]
     results["adventures"] = len(adventures)
     results["turns_per_adventure"] = turns
@@ -217,13 +223,20 @@ def judge(played: list[Played]) -> dict[str, Any]:
     unvalidated, each still reported per 100 turns. The action-followed rate comes from the
     `ignored_action` detector whether or not it is validated (`action_followed_validated` says
     which). With long adventures the clean-turn rate is also given over turns 1-20 and 81-100
-    (None where no turn falls in the window)."""
+    (None where no turn falls in the window).
+
+    `clean_turn_rate_every_detector` counts a turn clean only when no detector fires, validated
+    or not. It is no validated measure (its detectors each miss and over-call), but where the
+    validated ones see nothing it is the figure that moves: on the gold set it reads 16.2%
+    against the labels' 15.7% (both leaving out "makes no sense", which no detector sees)."""
     verdicts = [detectors.detect(_shown(turn)) for turn in played]
     clean = [not any(v[name] for name in detectors.VALIDATED) for v in verdicts]
+    strict = [not any(v.values()) for v in verdicts]
     acted = [v["ignored_action"] for v, turn in zip(verdicts, played, strict=True) if turn.action]
     unvalidated = [name for name in detectors.DETECTORS if name not in detectors.VALIDATED]
     report: dict[str, Any] = {
         "clean_turn_rate": _share(clean),
+        "clean_turn_rate_every_detector": _share(strict),
         "action_followed_rate": _share([not ignored for ignored in acted]),
         "action_followed_validated": "ignored_action" in detectors.VALIDATED,
         "validated": list(detectors.VALIDATED),
@@ -233,8 +246,9 @@ def judge(played: list[Played]) -> dict[str, Any]:
         "detectors_per_100": {name: 100 * _share([v[name] for v in verdicts]) for name in detectors.DETECTORS},
     }
     for first, last in WINDOWS:
-        window = [ok for ok, turn in zip(clean, played, strict=True) if first <= turn.number <= last]
-        report[f"clean_turn_rate_{first}_{last}"] = _share(window) if window else None
+        for name, flags in (("clean_turn_rate", clean), ("clean_turn_rate_every_detector", strict)):
+            window = [ok for ok, turn in zip(flags, played, strict=True) if first <= turn.number <= last]
+            report[f"{name}_{first}_{last}"] = _share(window) if window else None
     return report
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aidungeon.bench.coherence import METRICS, run_coherence
+from aidungeon.bench.coherence import METRICS, SCRIPT, load_script, play_adventure, run_coherence
 from aidungeon.bench.speed import speed_bench
 from aidungeon.cli.app import build_parser
+from aidungeon.core.config import Config
+from aidungeon.game.rules import RuleSet
 from aidungeon.model.machine import head_bandwidth
 from aidungeon.storage.paths import default_paths
 
@@ -74,6 +76,21 @@ def test_coherence_bench_reports_both_modes(trained_model_dir: Path, capsys: pyt
     # The guard never shows a player turn or a cut-off sentence.
     assert results["guard"]["hallucinated_player_turns"] == 0
     assert results["guard"]["fragments"] == 0
+
+
+def test_each_turn_is_judged_against_the_results_shown_before_it(trained_model_dir: Path) -> None:
+    from aidungeon.model.loader import load_model
+
+    loaded = load_model(str(trained_model_dir), default_paths(), device="cpu")
+    script = load_script(SCRIPT)
+    config = Config().with_value("max_new_tokens", 16)
+    played = play_adventure(
+        loaded, config, script["adventures"][0], actions=script["actions"], turns=8, rules=RuleSet.GUARD
+    )
+    shown = [turn.text for turn in played]
+    assert sum(bool(text) for text in shown) >= 2, f"the tiny model should answer some turns: {shown}"
+    for number, turn in enumerate(played):
+        assert list(turn.recent) == [text for text in shown[:number] if text][-6:]
 
 
 def test_the_benchmarks_do_not_import_the_cli() -> None:

@@ -22,6 +22,15 @@ def test_clean_turns_count_only_validated_glitches() -> None:
     assert report["validated"] == list(VALIDATED)
 
 
+def test_the_strict_clean_rate_counts_every_detector_validated_or_not() -> None:
+    ignored = played(3, "A cart rolls past.", "You open the door.")  # only the unvalidated ignored_action fires
+    report = judge([played(1, CLEAN), played(2, FIRST_PERSON), ignored, played(4, CLEAN)])
+    assert "ignored_action" not in VALIDATED
+    assert report["clean_turn_rate"] == 0.75
+    assert report["clean_turn_rate_every_detector"] == 0.5
+    assert report["clean_turn_rate_every_detector_1_20"] == 0.5
+
+
 def test_action_followed_counts_action_turns_only() -> None:
     turns = [played(1, "The wind howls.", ""), played(2, CLEAN), played(3, "A cart rolls past.", "You open the door.")]
     assert judge(turns)["action_followed_rate"] == 0.5
