@@ -228,7 +228,8 @@ def judge(played: list[Played]) -> dict[str, Any]:
     `clean_turn_rate_every_detector` counts a turn clean only when no detector fires, validated
     or not. It is no validated measure (its detectors each miss and over-call), but where the
     validated ones see nothing it is the figure that moves: on the gold set it reads 16.2%
-    against the labels' 15.7% (both leaving out "makes no sense", which no detector sees)."""
+    against the labels' 15.7%, both leaving out "makes no sense", which no detector sees; 25 of
+    the 35 and 34 turns are the same (`benchmarks/gold/evaluate.py`)."""
     verdicts = [detectors.detect(_shown(turn)) for turn in played]
     clean = [not any(v[name] for name in detectors.VALIDATED) for v in verdicts]
     strict = [not any(v.values()) for v in verdicts]

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aidungeon.bench.detectors import DETECTORS, Score, as_shown, evaluate, ignored_action, read_gold
+from aidungeon.bench.detectors import DETECTORS, Score, as_shown, detect, evaluate, ignored_action, read_gold
 
 # Set on the development turns: the gain (nats per token) under which an action counts as
 # ignored. At 0.10 "no overlap and a low gain" gave the best precision there (0.80) with the
@@ -54,9 +54,25 @@ def main() -> None:
     followed = sum(not r["labels"]["ignored_action"] for r in acted)
     print(f"\nclean turns by the labels: {sum(clean)}/{len(records)} = {sum(clean) / len(records):.1%}")
     print(f"actions followed by the labels: {followed}/{len(acted)} = {followed / len(acted):.1%}")
+    strict_clean(records)
     measured = path.with_name("action_logprobs.jsonl")
     if measured.exists():
         likelihood_experiment(records, {row["id"]: row for row in read_gold(measured)})
+
+
+def strict_clean(records: list[dict[str, Any]]) -> None:
+    """The bench's strict clean rate (no detector fires, validated or not) against the labels'
+    clean rate with "makes no sense" left out (no detector looks for it), per half."""
+    for split in ("dev", "test"):
+        half = [r for r in records if r["split"] == split]
+        strict = [not any(detect(as_shown(r)).values()) for r in half]
+        labelled = [not any(r["labels"].get(k) for k in DETECTORS) for r in half]
+        both = sum(a and b for a, b in zip(strict, labelled, strict=True))
+        print(
+            f"{split}: clean by every detector {sum(strict)}/{len(half)} = {sum(strict) / len(half):.1%}; "
+            f"by the labels without 'makes no sense' {sum(labelled)}/{len(half)} = {sum(labelled) / len(half):.1%}; "
+            f"the same turns: {both}"
+        )
 
 
 def _gain(row: dict[str, Any], action: str) -> float:
