@@ -69,6 +69,7 @@ class Player:
     turns: int = 0
     stalled: int = 0  # turns the game itself gave up on (the tiny model wrote nothing usable)
     failures: list[str] = field(default_factory=list)  # turns that did not end, or ended in an error
+    streaming: threading.Event = field(default_factory=threading.Event)  # set by each streamed piece
 
 
 def _free_port() -> int:
@@ -267,8 +268,11 @@ def _events(body: str) -> list[dict[str, Any]]:
     return events
 
 
-def _turn(client: httpx.Client, story: str, line: str) -> list[dict[str, Any]]:
-    """One turn; a refused or dropped request (a game API replica gone, 503) is sent again."""
+def _turn(
+    client: httpx.Client, story: str, line: str, streaming: threading.Event | None = None
+) -> list[dict[str, Any]]:
+    """One turn; a refused or dropped request (a game API replica gone, 503) is sent again.
+    `streaming` is set whenever a piece arrives: the engine is generating this turn right then."""
     for attempt in range(5):
         try:
             with client.stream("POST", f"/api/stories/{story}/turns", json={"text": line}) as response:
@@ -276,7 +280,12 @@ def _turn(client: httpx.Client, story: str, line: str) -> list[dict[str, Any]]:
                     time.sleep(0.5 * (attempt + 1))
                     continue
                 response.raise_for_status()
-                return _events("".join(response.iter_text()))
+                chunks = []
+                for chunk in response.iter_text():
+                    chunks.append(chunk)
+                    if streaming is not None and '"kind": "piece"' in chunk:
+                        streaming.set()
+                return _events("".join(chunks))
         except httpx.TransportError:
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError(f"turn on {story} refused 5 times")
@@ -287,7 +296,7 @@ def _play(url: str, player: Player, number: int, stop: threading.Event) -> None:
         created = client.post("/api/stories", json={"prompt": f"You are player {number}, lost in a castle."})
         player.story = created.json()["id"]
         while not stop.is_set() or player.turns < MIN_TURNS:
-            events = _turn(client, player.story, LINES[player.turns % len(LINES)])
+            events = _turn(client, player.story, LINES[player.turns % len(LINES)], player.streaming)
             player.turns += 1
             results = [e["text"] for e in events if e.get("kind") == "result"]
             errors = [e for e in events if e.get("kind") == "error"]
@@ -312,9 +321,12 @@ def test_players_under_load_scale_up_survive_a_killed_engine_and_scale_down(clus
     try:
         decided_s = _wait_for(lambda: _engine_replicas() >= 3, 120, "the engine decided to scale up under load")
         up_s = _wait_for(lambda: _engine_replicas("RUNNING") >= 3, 180, "the third engine replica started")
-        # Kill the replica a busy story lives on, with every player mid-game.
+        # Kill the replica a busy story lives on, with every player mid-game, while that story's
+        # turn is streaming from it: a call is in flight, so the kill has something to break.
         victim = _generate(handle, players[0].story or "victim", [1, 2, 3])["pid"]
         turns_before = sum(p.turns for p in players)
+        players[0].streaming.clear()
+        assert players[0].streaming.wait(60), "the first player's turns stopped streaming"
         os.kill(victim, signal.SIGKILL)
         _wait_for(lambda: sum(p.turns for p in players) >= turns_before + 2 * PLAYERS, 120, "play went on")
         # Still under load, the engine is back at 3 (a replacement), so scaling down below is real.
