@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from aidungeon.core.cancel import CancelToken
 from aidungeon.core.config import Config
 from aidungeon.core.context import Layout
-from aidungeon.core.errors import AIDungeonError, StoryError
+from aidungeon.core.errors import AIDungeonError, SaveError, StoryError
 from aidungeon.core.story import Story
 from aidungeon.game import commands
 from aidungeon.game.events import Event, EventKind
@@ -178,8 +178,15 @@ class Games:
             slot = session.keeper.slot
             if isinstance(slot, DbSlot):
                 slot.turn_key = key
+            taken_over = False
             try:
                 for event in session.handle(line, cancel):
+                    if event.kind is EventKind.RESULT and key is not None and session.keeper.unsaved:
+                        settled = self._settle(owner_id, story_id, key, session)
+                        if settled is not None:
+                            taken_over = True
+                            yield Event(EventKind.RESULT, settled)
+                            break
                     if event.kind not in _NOT_KEPT:
                         shown.append(event)
                     yield event
@@ -187,7 +194,7 @@ class Games:
                 if isinstance(slot, DbSlot):
                     slot.turn_key = None
                 self._keep_or_drop(story_id, owner_id, session)
-            if key is not None and not cancel.is_set():
+            if key is not None and not cancel.is_set() and not taken_over:
                 # Only a line that wrote the story matches its key; one that changed nothing plays again harmlessly.
                 self.store(owner_id).keep_reply(story_id, key, json.dumps([event_json(e) for e in shown]))
             stats = session.turns.telemetry.stats
@@ -195,6 +202,28 @@ class Games:
                 cost.new_tokens, cost.prefill_tokens = stats.new_tokens, stats.prefill_tokens
         finally:
             self.release(story_id)
+
+    def _settle(self, owner_id: int, story_id: str, key: str, session: Session) -> str | None:
+        """The result to show for the line `key`, whose save here conflicted with another run of
+        the same line (sent again while the replica that first ran it still ran it), or None when
+        the conflict is with another line. If the other run saved its result, that is what stands;
+        if it was stopped and saved only the action, this run's results are written onto it."""
+        store = self.store(owner_id)
+        if store.last_line(story_id).key != key:
+            return None
+        slot = store.slot(story_id)
+        data, _warnings = slot.read()
+        stored, mine = data.story.last, session.story.last
+        if stored is None or mine is None or stored.action != mine.action:
+            return None
+        if not stored.result:
+            data.story.add_candidates(mine.candidates, choose=mine.chosen)  # onto `stored`
+            slot.turn_key = key
+            try:
+                slot.write(data)
+            except SaveError:  # yet another write came first: the plain "not saved" line stands
+                return None
+        return stored.result
 
     def open(self, owner_id: int, story_id: str) -> Session:
         """The story's session: the open one while it is current, else read from the database.

@@ -6,13 +6,17 @@ against a real uvicorn server for a turn whose client left mid-stream."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
 import sqlalchemy as sa
 
-from aidungeon.server.db import stories
-from tests.server.conftest import Server, parse_sse
+from aidungeon.core.cancel import CancelToken
+from aidungeon.game.events import Event, EventKind
+from aidungeon.server.db import ANONYMOUS, stories
+from aidungeon.server.games import GameModel, Games
+from tests.server.conftest import GatedEngine, Server, parse_sse
 
 
 def keyed(server: Server, story_id: str, text: str, key: str) -> list[dict[str, object]]:
@@ -91,6 +95,84 @@ def test_a_line_that_changed_nothing_is_played_again(server: Server) -> None:
     assert keyed(server, story_id, "/print", "k-print") == shown
     with server.state.db.connect() as conn:
         assert conn.execute(sa.select(stories.c.turn_key).where(stories.c.id == story_id)).scalar_one() == "first"
+
+
+def other_replica(server: Server) -> tuple[Games, GatedEngine]:
+    """A second game API replica on the server's database, with its own engine."""
+    engine = GatedEngine()
+    games = server.state.games
+    return Games(
+        server.state.db, GameModel(engine=engine, name="fake", layout=games.model.layout), games.config
+    ), engine
+
+
+def gated_run(
+    games: Games, engine: GatedEngine, story_id: str, line: str, cancel: CancelToken
+) -> tuple[threading.Thread, list[Event]]:
+    """`line` under the key "k-race" on `games`, in a thread, held at its first piece until `engine.gate` is set."""
+    events: list[Event] = []
+    engine.gate.clear()
+    play = games.play(ANONYMOUS, story_id, line, cancel, key="k-race")
+    thread = threading.Thread(target=lambda: events.extend(play), daemon=True)
+    thread.start()
+    assert engine.started.wait(10), "the run never streamed"
+    return thread, events
+
+
+def shown(events: list[Event]) -> list[str]:
+    return [e.text for e in events if e.kind is EventKind.RESULT]
+
+
+def test_a_line_sent_again_while_its_first_run_still_runs_shows_the_first_runs_saved_result(
+    server: Server,
+) -> None:
+    """Two game API replicas on one database: the first still runs a keyed line whose client lost
+    the connection; the resend reaches the second, where nothing of the line is saved yet, so it
+    plays the line too. The first saves first, and the second's save conflicts: it shows the saved
+    result, not its own, and no "not saved" line."""
+    story_id = server.story()
+    keyed(server, story_id, "", "first")
+    server.engine.script = [*[""] * len(server.engine.requests), "The door opens onto a stair."]  # its next call
+    other, other_engine = other_replica(server)
+    other_engine.script = ["A draft blows the candles out."]
+    first_run, first_events = gated_run(server.state.games, server.engine, story_id, "open the door", CancelToken())
+    answer = other.answer(ANONYMOUS, story_id, "open the door", "k-race")
+    assert answer.line == "open the door" and answer.replay is None
+    other_run, other_events = gated_run(other, other_engine, story_id, answer.line, CancelToken())
+    server.engine.gate.set()  # the first run saves its turn first
+    first_run.join(10)
+    other_engine.gate.set()
+    other_run.join(10)
+    saved = path(server, story_id)
+    assert [t["action"] for t in saved] == ["", "You open the door."]
+    assert saved[-1]["result"] == "The door opens onto a stair."
+    assert shown(first_events) == shown(other_events) == ["The door opens onto a stair."]
+    assert not [e for e in other_events if e.kind is EventKind.ERROR]
+    assert results(keyed(server, story_id, "open the door", "k-race")) == ["The door opens onto a stair."]
+
+
+def test_a_line_sent_again_while_its_first_run_is_stopping_is_saved_from_the_second_run(server: Server) -> None:
+    """As above, but the first replica noticed the lost client and stopped the line: it saves the
+    action alone. The second run's result is then written onto that action, and shown."""
+    story_id = server.story()
+    keyed(server, story_id, "", "first")
+    other, other_engine = other_replica(server)
+    other_engine.script = ["A draft blows the candles out."]
+    stop = CancelToken()
+    first_run, _ = gated_run(server.state.games, server.engine, story_id, "open the door", stop)
+    other_run, other_events = gated_run(other, other_engine, story_id, "open the door", CancelToken())
+    stop.set()
+    server.engine.gate.set()
+    first_run.join(10)
+    assert path(server, story_id)[-1] == {"action": "You open the door.", "result": ""}  # the stop kept the action
+    other_engine.gate.set()
+    other_run.join(10)
+    saved = path(server, story_id)
+    assert [t["action"] for t in saved] == ["", "You open the door."]
+    assert saved[-1]["result"] == "A draft blows the candles out."
+    assert shown(other_events) == ["A draft blows the candles out."]
+    assert not [e for e in other_events if e.kind is EventKind.ERROR]
+    assert results(keyed(server, story_id, "open the door", "k-race")) == ["A draft blows the candles out."]
 
 
 def test_a_bad_key_is_refused(server: Server) -> None:
