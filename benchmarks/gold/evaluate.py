@@ -11,6 +11,11 @@ labels. Where `action_logprobs.jsonl` (written by `measure.py`) lies beside the 
 last lines report the likelihood experiment: how well the model's gain of the result given the
 action over "You wait." tells the labelled ignored actions, alone and with word overlap, at the
 threshold set on the development turns.
+
+Then the same scores on turns labelled after the detectors' rules were last changed (`FROZEN_AT`):
+the default model's lever runs in `runs/` (`LATER`), with a second reader's labels of one run
+(`REREAD`) as a check on the reader. No rule was written or tuned on them, so they are a second
+held-out set, of the turns the game shows today (the voice steps on).
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from aidungeon.bench.detectors import DETECTORS, Score, as_shown, detect, evaluate, ignored_action, read_gold
+
+# The detectors' rules were last changed at this commit; the runs below were labelled afterwards.
+FROZEN_AT = "d5eb23b"
+RUNS = Path(__file__).with_name("runs")
+# The default model's labelled lever runs (72 held-out turns each): the voice steps off, on, and
+# the shipped defaults (best of 3). The Gemma run is another model, left out.
+LATER = ("lever-processors-off", "lever-processors", "lever-shipped")
+# A second reader's labels of `lever-processors` (ids and labels only).
+REREAD = ("lever-processors", "lever-processors-reread")
 
 # Set on the development turns: the gain (nats per token) under which an action counts as
 # ignored. At 0.10 "no overlap and a low gain" gave the best precision there (0.80) with the
@@ -54,25 +68,48 @@ def main() -> None:
     followed = sum(not r["labels"]["ignored_action"] for r in acted)
     print(f"\nclean turns by the labels: {sum(clean)}/{len(records)} = {sum(clean) / len(records):.1%}")
     print(f"actions followed by the labels: {followed}/{len(acted)} = {followed / len(acted):.1%}")
-    strict_clean(records)
+    for split in ("dev", "test"):
+        strict_clean(split, [r for r in records if r["split"] == split])
     measured = path.with_name("action_logprobs.jsonl")
     if measured.exists():
         likelihood_experiment(records, {row["id"]: row for row in read_gold(measured)})
+    if all((RUNS / f"{name}.jsonl").exists() for name in (*LATER, *REREAD)):
+        labelled_later()
 
 
-def strict_clean(records: list[dict[str, Any]]) -> None:
+def labelled_later() -> None:
+    """Each detector on the lever runs labelled after FROZEN_AT, pooled: with each run's labels
+    as filed, and again with the second reader's labels for the run two readers read."""
+    filed = [r for name in LATER for r in read_gold(RUNS / f"{name}.jsonl")]
+    run, reread = REREAD
+    second_labels = {r["id"]: r["labels"] for r in read_gold(RUNS / f"{reread}.jsonl")}
+    reread_turns = [r for name in LATER if name != run for r in read_gold(RUNS / f"{name}.jsonl")]
+    reread_turns += [{**r, "labels": second_labels[r["id"]]} for r in read_gold(RUNS / f"{run}.jsonl")]
+    print(f"\nlabelled after the rules froze at {FROZEN_AT} ({', '.join(LATER)}; {len(filed)} turns):\n")
+    print("| detector | labelled true (as filed / reread) | P as filed | R as filed | P reread | R reread |")
+    print("|---|---|---|---|---|---|")
+    one, two = evaluate(filed), evaluate(reread_turns)
+    for name in DETECTORS:
+        cells = [name, f"{one[name].labelled} / {two[name].labelled}"]
+        cells += [_pct(s) for s in (one[name].precision, one[name].recall, two[name].precision, two[name].recall)]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    strict_clean("later, as filed", filed)
+    strict_clean("later, reread", reread_turns)
+
+
+def strict_clean(name: str, turns: list[dict[str, Any]]) -> None:
     """The bench's strict clean rate (no detector fires, validated or not) against the labels'
-    clean rate with "makes no sense" left out (no detector looks for it), per half."""
-    for split in ("dev", "test"):
-        half = [r for r in records if r["split"] == split]
-        strict = [not any(detect(as_shown(r)).values()) for r in half]
-        labelled = [not any(r["labels"].get(k) for k in DETECTORS) for r in half]
-        both = sum(a and b for a, b in zip(strict, labelled, strict=True))
-        print(
-            f"{split}: clean by every detector {sum(strict)}/{len(half)} = {sum(strict) / len(half):.1%}; "
-            f"by the labels without 'makes no sense' {sum(labelled)}/{len(half)} = {sum(labelled) / len(half):.1%}; "
-            f"the same turns: {both}"
-        )
+    clean rate with "makes no sense" left out (no detector looks for it), and how many turns
+    both call clean."""
+    strict = [not any(detect(as_shown(r)).values()) for r in turns]
+    labelled = [not any(r["labels"].get(k) for k in DETECTORS) for r in turns]
+    both = sum(a and b for a, b in zip(strict, labelled, strict=True))
+    print(
+        f"{name}: clean by every detector {sum(strict)}/{len(turns)} = {sum(strict) / len(turns):.1%}; "
+        f"by the labels without 'makes no sense' {sum(labelled)}/{len(turns)} = {sum(labelled) / len(turns):.1%}; "
+        f"the same turns: {both}"
+    )
 
 
 def _gain(row: dict[str, Any], action: str) -> float:
