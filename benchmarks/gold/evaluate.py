@@ -13,8 +13,8 @@ action over "You wait." tells the labelled ignored actions, alone and with word 
 threshold set on the development turns.
 
 Then the same scores on turns labelled after the detectors' rules were last changed (`FROZEN_AT`):
-the default model's lever runs in `runs/` (`LATER`), with a second reader's labels of one run
-(`REREAD`) as a check on the reader. No rule was written or tuned on them, so they are a second
+the default model's lever runs in `runs/` (`LATER`), with a second reader's labels of two runs
+(`REREADS`) as a check on the reader. No rule was written or tuned on them, so they are a second
 held-out set, of the turns the game shows today (the voice steps on).
 """
 
@@ -29,11 +29,11 @@ from aidungeon.bench.detectors import DETECTORS, Score, as_shown, detect, evalua
 # The detectors' rules were last changed at this commit; the runs below were labelled afterwards.
 FROZEN_AT = "d5eb23b"
 RUNS = Path(__file__).with_name("runs")
-# The default model's labelled lever runs (72 held-out turns each): the voice steps off, on, and
-# the shipped defaults (best of 3). The Gemma run is another model, left out.
-LATER = ("lever-processors-off", "lever-processors", "lever-shipped")
-# A second reader's labels of `lever-processors` (ids and labels only).
-REREAD = ("lever-processors", "lever-processors-reread")
+# The default model's labelled lever runs (72 held-out turns each): the voice steps off, on, the
+# shipped defaults (best of 3) and those at temperature 0.5. The Gemma run is another model.
+LATER = ("lever-processors-off", "lever-processors", "lever-shipped", "lever-temperature-0.5")
+# A second reader's labels of some of them (ids and labels only).
+REREADS = {"lever-processors": "lever-processors-reread", "lever-shipped": "lever-shipped-reread"}
 
 # Set on the development turns: the gain (nats per token) under which an action counts as
 # ignored. At 0.10 "no overlap and a low gain" gave the best precision there (0.80) with the
@@ -73,18 +73,24 @@ def main() -> None:
     measured = path.with_name("action_logprobs.jsonl")
     if measured.exists():
         likelihood_experiment(records, {row["id"]: row for row in read_gold(measured)})
-    if all((RUNS / f"{name}.jsonl").exists() for name in (*LATER, *REREAD)):
+    if all((RUNS / f"{name}.jsonl").exists() for name in (*LATER, *REREADS.values())):
         labelled_later()
+
+
+def _reread(name: str) -> list[dict[str, Any]]:
+    """A run's turns with the second reader's labels where there are any."""
+    turns = read_gold(RUNS / f"{name}.jsonl")
+    if name not in REREADS:
+        return turns
+    labels = {r["id"]: r["labels"] for r in read_gold(RUNS / f"{REREADS[name]}.jsonl")}
+    return [{**r, "labels": labels[r["id"]]} for r in turns]
 
 
 def labelled_later() -> None:
     """Each detector on the lever runs labelled after FROZEN_AT, pooled: with each run's labels
-    as filed, and again with the second reader's labels for the run two readers read."""
+    as filed, and again with the second reader's labels for the runs two readers read."""
     filed = [r for name in LATER for r in read_gold(RUNS / f"{name}.jsonl")]
-    run, reread = REREAD
-    second_labels = {r["id"]: r["labels"] for r in read_gold(RUNS / f"{reread}.jsonl")}
-    reread_turns = [r for name in LATER if name != run for r in read_gold(RUNS / f"{name}.jsonl")]
-    reread_turns += [{**r, "labels": second_labels[r["id"]]} for r in read_gold(RUNS / f"{run}.jsonl")]
+    reread_turns = [r for name in LATER for r in _reread(name)]
     print(f"\nlabelled after the rules froze at {FROZEN_AT} ({', '.join(LATER)}; {len(filed)} turns):\n")
     print("| detector | labelled true (as filed / reread) | P as filed | R as filed | P reread | R reread |")
     print("|---|---|---|---|---|---|")

@@ -1,6 +1,7 @@
 """Play the gold set's adventures on a model and write every shown turn as unlabelled JSONL.
 
     python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36] [--voice off] [--candidates N]
+        [--temperature T]
 
 Six settings, two seeds each, 18 turns per adventure by default: the opening's continuation,
 then the coherence bench's scripted actions interleaved with open-ended ones a new player types
@@ -10,7 +11,8 @@ reading each turn (see README.md here); nothing in this script labels. `--voice 
 narrator- and player-voice logits processors off (they are on by default, as in the game), to
 replay the adventures as they were before them. `--candidates N` draws N continuations a turn
 for the guard to rank; the default, 0, is the game's own choice (on the CPU, `CPU_CANDIDATES`),
-and `--candidates 1` replays the lever runs made before the CPU drew three.
+and `--candidates 1` replays the lever runs made before the CPU drew three. `--temperature T`
+samples at T instead of the game's default.
 """
 
 from __future__ import annotations
@@ -81,12 +83,15 @@ def main() -> None:
     parser.add_argument(
         "--candidates", type=int, default=0, help="continuations per turn (0 = the game's default by device)"
     )
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the game's)")
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
     config = Config().with_value("max_new_tokens", args.max_new_tokens).with_value("context_tokens", 1024)
     config = config.with_value("narrator_voice", args.voice).with_value("player_voice", args.voice)
     config = config.with_value("candidates", args.candidates)
+    if args.temperature is not None:
+        config = config.with_value("temperature", args.temperature)
     scripted = load_script(SCRIPT)["actions"]
     with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
         for index, (setting, character, name, seed) in enumerate(ADVENTURES[: args.adventures]):
