@@ -118,6 +118,8 @@ class Played:
     text: str  # the result shown ("" when the turn stalled)
     recent: tuple[str, ...]  # recent results before this turn, oldest first
     logprob: float | None
+    # Every candidate the guard ranked, best (the shown one) first, for studies of the ranking.
+    candidates: tuple[str, ...] = ()
 
 
 def adventure_lines(actions: list[str], turns: int) -> list[str]:
@@ -163,8 +165,11 @@ def play_adventure(
                 shown = ""
             ranked = session.turns.telemetry.ranked
             logprob = ranked[0].mean_logprob if shown and ranked else None
+            candidates = tuple(scored.text for scored in ranked) if shown else ()
             played.append(
-                Played(adventure["setting"], story.player_name, number, action, shown, tuple(recent), logprob)
+                Played(
+                    adventure["setting"], story.player_name, number, action, shown, tuple(recent), logprob, candidates
+                )
             )
     return played
 

@@ -1,7 +1,7 @@
 """Play the gold set's adventures on a model and write every shown turn as unlabelled JSONL.
 
     python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36] [--voice off] [--candidates N]
-        [--temperature T]
+        [--temperature T] [--with-candidates]
 
 Six settings, two seeds each, 18 turns per adventure by default: the opening's continuation,
 then the coherence bench's scripted actions interleaved with open-ended ones a new player types
@@ -12,7 +12,8 @@ narrator- and player-voice logits processors off (they are on by default, as in 
 replay the adventures as they were before them. `--candidates N` draws N continuations a turn
 for the guard to rank; the default, 0, is the game's own choice (on the CPU, `CPU_CANDIDATES`),
 and `--candidates 1` replays the lever runs made before the CPU drew three. `--temperature T`
-samples at T instead of the game's default.
+samples at T instead of the game's default. `--with-candidates` adds every candidate the guard
+ranked, best (the shown one) first, to each record.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> None:
         "--candidates", type=int, default=0, help="continuations per turn (0 = the game's default by device)"
     )
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the game's)")
+    parser.add_argument("--with-candidates", action="store_true", help="record every ranked candidate")
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
@@ -112,6 +114,8 @@ def main() -> None:
                     "text": turn.text,
                     "recent": list(turn.recent[-3:]),
                 }
+                if args.with_candidates:
+                    record["candidates"] = list(turn.candidates)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
 

@@ -1,0 +1,67 @@
+"""A study: would ranking a turn's candidates by how much the action explains them pick better ones?
+
+    python benchmarks/gold/rerank.py RUN.jsonl OUT.jsonl
+
+RUN is written by `play.py --with-candidates` (the guard's ranking, best first). For every turn
+with an action and two or more candidates, it measures each candidate's gain, as `measure.py`
+does for the gold set:
+
+    gain = (log P(text | action) - log P(text | "You wait.")) / tokens
+
+and picks, among the candidates the guard finds no more flawed than its own choice (the same
+or a smaller penalty for the flags it sees on the shown text), the one with the highest gain.
+OUT holds, per turn, the guard's choice, the gain pick and every gain. It changes nothing in the
+game; whether the gain pick reads better is for a person to judge (blind, see RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from measure import MODEL, measure
+
+from aidungeon.bench.detectors import read_gold
+from aidungeon.core import guard
+from aidungeon.model.loader import load_model
+from aidungeon.storage.paths import default_paths
+
+
+def penalty(text: str, recent: list[str], player_name: str) -> float:
+    """The guard's penalty for the flags it can see on a shown text (its raw text is not kept)."""
+    flags = guard.assess(text, text, recent=recent, player_name=player_name or None)
+    return -guard.score(flags, 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the project's machine has 2 shared cores
+    home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
+    loaded = load_model(MODEL, default_paths({"AIDUNGEON_HOME": home}), device="cpu", dtype="float32", pack=False)
+    with args.out.open("w", encoding="utf-8") as out:
+        for record in read_gold(args.run):
+            candidates = record.get("candidates", [])
+            if not record["action"] or len(candidates) < 2:
+                continue
+            gains = []
+            for text in candidates:
+                tokens, logprobs = measure(loaded, record["action"], text)
+                gains.append((logprobs[record["action"]] - logprobs.get("You wait.", 0.0)) / max(1, tokens))
+            bar = penalty(candidates[0], record["recent"], record["player_name"])
+            allowed = [i for i, text in enumerate(candidates) if penalty(text, record["recent"], record["player_name"]) <= bar]
+            pick = max(allowed, key=lambda i: gains[i])
+            row = {"id": record["id"], "action": record["action"], "recent": record["recent"]}
+            row |= {"player_name": record["player_name"], "guard": candidates[0], "gain_pick": candidates[pick]}
+            row |= {"pick": pick, "gains": gains}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.flush()
+
+
+if __name__ == "__main__":
+    main()
