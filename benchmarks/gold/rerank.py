@@ -20,20 +20,39 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from measure import MODEL, measure
+from measure import MODEL, NEUTRAL, measure
 
 from aidungeon.bench.detectors import read_gold
 from aidungeon.core import guard
-from aidungeon.model.loader import load_model
+from aidungeon.model.loader import LoadedModel, load_model
 from aidungeon.storage.paths import default_paths
 
 
-def penalty(text: str, recent: list[str], player_name: str) -> float:
+def penalty(text: str, record: dict[str, Any]) -> float:
     """The guard's penalty for the flags it can see on a shown text (its raw text is not kept)."""
-    flags = guard.assess(text, text, recent=recent, player_name=player_name or None)
+    flags = guard.assess(text, text, recent=record["recent"], player_name=record["player_name"] or None)
     return -guard.score(flags, 0.0)
+
+
+def gain(loaded: LoadedModel, action: str, text: str) -> float:
+    """Nats per token by which the action explains the text better than "You wait." does."""
+    tokens, logprobs = measure(loaded, action, text)
+    return (logprobs[action] - logprobs.get(NEUTRAL, logprobs[action])) / max(1, tokens)
+
+
+def rerank(loaded: LoadedModel, record: dict[str, Any]) -> dict[str, Any]:
+    """One turn: the guard's choice, the gain pick (among candidates no more flawed) and the gains."""
+    candidates = record["candidates"]
+    gains = [gain(loaded, record["action"], text) for text in candidates]
+    bar = penalty(candidates[0], record)
+    allowed = [i for i, text in enumerate(candidates) if penalty(text, record) <= bar]
+    pick = max(allowed, key=lambda i: gains[i])
+    row = {"id": record["id"], "action": record["action"], "recent": record["recent"]}
+    row |= {"player_name": record["player_name"], "guard": candidates[0], "gain_pick": candidates[pick]}
+    return row | {"pick": pick, "gains": gains}
 
 
 def main() -> None:
@@ -46,21 +65,9 @@ def main() -> None:
     loaded = load_model(MODEL, default_paths({"AIDUNGEON_HOME": home}), device="cpu", dtype="float32", pack=False)
     with args.out.open("w", encoding="utf-8") as out:
         for record in read_gold(args.run):
-            candidates = record.get("candidates", [])
-            if not record["action"] or len(candidates) < 2:
-                continue
-            gains = []
-            for text in candidates:
-                tokens, logprobs = measure(loaded, record["action"], text)
-                gains.append((logprobs[record["action"]] - logprobs.get("You wait.", 0.0)) / max(1, tokens))
-            bar = penalty(candidates[0], record["recent"], record["player_name"])
-            allowed = [i for i, text in enumerate(candidates) if penalty(text, record["recent"], record["player_name"]) <= bar]
-            pick = max(allowed, key=lambda i: gains[i])
-            row = {"id": record["id"], "action": record["action"], "recent": record["recent"]}
-            row |= {"player_name": record["player_name"], "guard": candidates[0], "gain_pick": candidates[pick]}
-            row |= {"pick": pick, "gains": gains}
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            out.flush()
+            if record["action"] and len(record.get("candidates", [])) >= 2:
+                out.write(json.dumps(rerank(loaded, record), ensure_ascii=False) + "\n")
+                out.flush()
 
 
 if __name__ == "__main__":
