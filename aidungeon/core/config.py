@@ -41,6 +41,9 @@ class Sampling:
     # by itself and cannot. The protocol endpoints (OpenAI, Kobold) turn them off unless asked.
     narrator_voice: bool = field(default=True, metadata={"help": "never narrate as I/my/we outside quoted speech"})
     player_voice: bool = field(default=True, metadata={"help": 'never write the player\'s speech ("You say ...")'})
+    action_ranking: bool = field(
+        default=True, metadata={"help": "of equally clean candidates, show the one that answers your action best"}
+    )
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.temperature <= 5.0, "temperature must be between 0 and 5")
@@ -54,6 +57,7 @@ class Sampling:
         _check(self.seed is None or self.seed >= 0, "seed must be a whole number, 0 or more")
         _check(isinstance(self.narrator_voice, bool), "narrator_voice must be on or off")
         _check(isinstance(self.player_voice, bool), "player_voice must be on or off")
+        _check(isinstance(self.action_ranking, bool), "action_ranking must be on or off")
 
 
 @dataclass(frozen=True)

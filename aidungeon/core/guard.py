@@ -269,6 +269,32 @@ def rank(
     return sorted(scored, key=lambda item: (item.flags.empty, -item.score))
 
 
+def answering_first(ranked: Sequence[Scored], gains: Sequence[float]) -> list[Scored]:
+    """`ranked` (best first) with the candidate the action explains best moved to the front, of
+    those no more flawed than the best (the same or a smaller penalty); the rest keep their order.
+
+    `gains[i]` is how much better candidate i reads after the player's action than after "You
+    wait." (the model's log-probability gain per token). In a study on the default model's
+    held-out turns a blind reader found this pick answered the action better than the guard's
+    own 26 times against 8 (benchmarks/RESULTS.md, issue #14)."""
+    if len(ranked) != len(gains):
+        raise ValueError(f"{len(gains)} gains for {len(ranked)} candidates")
+    eligible = answer_candidates(ranked)
+    if not eligible:
+        return list(ranked)
+    best = max(eligible, key=lambda i: gains[i])  # the first of equals: the guard's order breaks ties
+    return [ranked[best], *(s for i, s in enumerate(ranked) if i != best)]
+
+
+def answer_candidates(ranked: Sequence[Scored]) -> list[int]:
+    """The positions `answering_first` may choose from: non-empty, and no more flawed than the
+    best. Only these need their gains (the others' are never read)."""
+    if not ranked:
+        return []
+    bar = _penalty(ranked[0].flags)
+    return [i for i, s in enumerate(ranked) if not s.flags.empty and _penalty(s.flags) <= bar]
+
+
 # -- loop retries -----------------------------------------------------------------------------
 
 

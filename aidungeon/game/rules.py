@@ -30,6 +30,7 @@ class RuleSet(enum.Enum):
 class Rules(Protocol):
     # Whether a best result that loops back on recent ones is drawn again with livelier sampling.
     retries_loops: bool
+    ranks_by_action: bool  # may put the candidate that answers the action first (turn.py)
 
     def stop_rule(self, player_name: str | None) -> StopRule | None: ...
 
@@ -42,6 +43,7 @@ class Rules(Protocol):
 
 class GuardRules:
     retries_loops = True
+    ranks_by_action = True
 
     def stop_rule(self, player_name: str | None) -> StopRule:
         """Stop generating where the model starts a player turn or emits a special token."""
@@ -64,6 +66,7 @@ class _InDrawingOrder:
     """Rules without ranking: candidates keep their drawing order (scored only for the record)."""
 
     retries_loops = False
+    ranks_by_action = False
 
     def stop_rule(self, player_name: str | None) -> StopRule | None:
         return None

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -46,6 +46,7 @@ from aidungeon.core.errors import OutOfMemoryError
 from aidungeon.model.cpu.fastpath import DecodeStep, Group
 from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason, StopRule, check_request
 from aidungeon.model.sampling import build_processors, sample_next
+from aidungeon.model.scoring import Likelihoods
 from aidungeon.model.sessions import SessionCache, SessionCaches, capacity
 
 if TYPE_CHECKING:
@@ -213,6 +214,7 @@ class Engine:
         # After running out of memory, the most rows one step feeds (None: no limit).
         self.max_rows: int | None = None
         self._lock = threading.Lock()
+        self._likelihoods = Likelihoods(model)
         self._pending: deque[_Job] = deque()
         self._active: list[_Job] = []
 
@@ -289,6 +291,17 @@ class Engine:
             reuse_cache=reuse_cache,
         )
         return self.submit(request)
+
+    def likelihoods(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float] | None:
+        """Each continuation's summed log-probability after `prompt`, between decode steps
+        (None after running out of memory: scoring is a nicety, never worth a turn)."""
+        with self._lock, torch.inference_mode():
+            try:
+                return self._likelihoods(prompt, continuations)
+            except torch.OutOfMemoryError as err:
+                self._empty_device_cache()
+                log.warning("out of memory while scoring candidates: %s", err)
+                return None
 
     def _processors(self, request: Request) -> LogitsProcessorList:
         return build_processors(

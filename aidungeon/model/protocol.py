@@ -12,7 +12,7 @@ not build prompts, clean text or choose between candidates.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -132,3 +132,8 @@ class EngineProtocol(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     def submit(self, request: Request) -> Handle: ...
+
+    def likelihoods(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float] | None:
+        """Each continuation's summed log-probability after `prompt`, or None where the engine
+        cannot tell (a remote server): the game then ranks its candidates without it."""
+        ...

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,9 @@ class RemoteEngine:
     @property
     def device_type(self) -> str:
         return "remote"
+
+    def likelihoods(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float] | None:
+        return None  # a completions server samples; scoring would cost a request per candidate
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

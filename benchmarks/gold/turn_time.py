@@ -1,8 +1,10 @@
-"""Median turn time with the narrator- and player-voice steps and without, in one run.
+"""Median turn time with a setting on and off, in one run: the voice steps by default.
 
     python benchmarks/gold/turn_time.py [--model smollm2-135m] [--turns 10] [--adventures 2]
+        [--toggle voice|action_ranking]
 
-Plays each adventure twice on one loaded model, once with the voice steps on and once off,
+Plays each adventure twice on one loaded model, once with the setting on and once off (`voice`:
+the narrator- and player-voice steps together),
 alternating turn by turn (on, off, on, off, ...) so that a busy moment of a shared machine falls
 on both alike. The adventures and actions are the gold set's held-out ones (`play.py`). It prints
 each mode's median turn (the whole turn: window, generation, cleanup, ranking, autosave), median
@@ -58,7 +60,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--adventures", type=int, default=2)
+    parser.add_argument("--toggle", choices=["voice", "action_ranking"], default="voice")
     args = parser.parse_args()
+    keys = ["narrator_voice", "player_voice"] if args.toggle == "voice" else [args.toggle]
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
     base = Config().with_value("context_tokens", 1024)
@@ -73,7 +77,9 @@ def main() -> None:
             lines = adventure_lines(mixed_actions(scripted, offset=index * 3), args.turns)
             sessions = {}
             for mode, value in MODES.items():
-                config = base.with_value("narrator_voice", value).with_value("player_voice", value)
+                config = base
+                for key in keys:
+                    config = config.with_value(key, value)
                 sessions[mode] = open_session(loaded, engine, config, adventure, tmp, f"{mode}-{index}")
             for line in lines:
                 for mode, session in sessions.items():
@@ -88,7 +94,7 @@ def main() -> None:
                 session.close()
     for mode in MODES:
         print(
-            f"voice {mode}: {len(seconds[mode])} turns, median turn {statistics.median(seconds[mode]):.2f} s, "
+            f"{args.toggle} {mode}: {len(seconds[mode])} turns, median turn {statistics.median(seconds[mode]):.2f} s, "
             f"median decode {statistics.median(per_token[mode]):.1f} ms per token, "
             f"median new tokens {statistics.median(tokens[mode]):.0f}"
         )

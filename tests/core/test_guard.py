@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from aidungeon.core import guard
 from aidungeon.core.cleanup import pipeline
 from aidungeon.core.guard import (
     EMPTY_PENALTY,
@@ -379,3 +380,21 @@ def test_loop_retry_sampling_rejects_negative_attempts() -> None:
 def test_guard_imports_no_torch() -> None:
     code = "import sys, aidungeon.core.guard; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_answering_first_moves_up_the_best_answer_among_the_least_flawed() -> None:
+    ranked = guard.rank(
+        [
+            ("A raven lands.", "A raven lands.", -1.0),
+            ("The old man smiles.", "The old man smiles.", -1.5),
+            ("The old man and", "The old man and", -0.5),
+        ],
+        recent=[],
+    )
+    assert ranked[0].text == "A raven lands."  # the fragment ranks last despite its log-probability
+    assert guard.answer_candidates(ranked) == [0, 1]
+    picked = guard.answering_first(ranked, [0.1, 0.4, 0.9])
+    assert [s.text for s in picked] == ["The old man smiles.", "A raven lands.", "The old man and"]
+    assert guard.answering_first(ranked, [0.2, 0.2, 0.0]) == ranked  # a tie keeps the guard's order
+    with pytest.raises(ValueError):
+        guard.answering_first(ranked, [0.1])

@@ -7,7 +7,9 @@ sentences, so a long game neither loops nor stalls. The tokenizer is one id per 
 word, cuts every candidate at the request's stop rule, stops when the cancel token is set
 (between pieces, reason CANCELLED) and reports stats with the cache reuse a real engine would
 have. `oom` makes chosen requests raise `OutOfMemoryError` while streaming, as a GPU would.
-Every request is kept in `requests`, for assertions.
+`scores`, when given, answers `likelihoods` from the decoded prompt and continuation (each call
+kept in `scored`); without it the engine cannot score, as a remote one. Every request is kept in
+`requests`, for assertions.
 """
 
 from __future__ import annotations
@@ -89,12 +91,15 @@ class FakeEngine:
         device_type: str = "cpu",
         oom: Callable[[Request], bool] | None = None,
         cancel_after_pieces: int | None = None,
+        scores: Callable[[str, str], float] | None = None,
     ) -> None:
         self.script = list(script)
         self.window = window
         self.device_type = device_type
         self.oom = oom
         self.cancel_after_pieces = cancel_after_pieces
+        self.scores = scores  # (prompt, continuation) -> log-probability; None: cannot score
+        self.scored: list[tuple[str, list[str]]] = []
         self.requests: list[Request] = []
         self._cached: tuple[int, ...] = ()
 
@@ -103,6 +108,13 @@ class FakeEngine:
 
     def decode(self, ids: list[int]) -> str:
         return "".join(chr(i) for i in ids)
+
+    def likelihoods(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float] | None:
+        if self.scores is None:
+            return None
+        text, rows = self.decode(list(prompt)), [self.decode(list(c)) for c in continuations]
+        self.scored.append((text, rows))
+        return [self.scores(text, row) for row in rows]
 
     def submit(self, request: Request) -> FakeHandle:
         if not request.prompt_ids:
