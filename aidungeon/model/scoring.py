@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 # Prompts whose cache is kept: the neutral one, and the last few actions'.
 KEPT_PROMPTS = 4
@@ -51,10 +52,11 @@ class Likelihoods:
             self._prompts.move_to_end(prompt)
             return self._prompts[prompt]
         cache, shared = self._nearest(prompt)
-        extra = {self._cache_arg: cache} if cache is not None else {}
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
         fed = torch.tensor([prompt[shared:]], device=self.device)
-        out = self.model(input_ids=fed, use_cache=True, logits_to_keep=1, **extra)
-        kept = (cache if cache is not None else out.past_key_values, out.logits[0, -1])
+        out = self.model(input_ids=fed, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+        kept = (cache, out.logits[0, -1])
         self._prompts[prompt] = kept
         if len(self._prompts) > KEPT_PROMPTS:
             self._prompts.popitem(last=False)
@@ -73,8 +75,11 @@ class Likelihoods:
             return None, 0
         cache = copy.deepcopy(best)
         surplus = cache.get_seq_length() - shared
-        if surplus:
-            cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
+        try:
+            if surplus:
+                cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
+        except RuntimeError:  # a sliding window already moved past the cut: start afresh
+            return None, 0
         return cache, shared
 
     def _rest(self, cache: Any, prompt_length: int, continuations: Sequence[Sequence[int]]) -> list[float]:

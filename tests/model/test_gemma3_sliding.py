@@ -14,6 +14,7 @@ from transformers import DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig, PreT
 
 from aidungeon.core.context import PLAIN
 from aidungeon.model.loader import layout_for_tokenizer
+from aidungeon.model.scoring import Likelihoods
 from aidungeon.model.sessions import SessionCache
 
 WINDOW = 4
@@ -122,3 +123,19 @@ def test_turns_with_random_cuts_always_give_a_fresh_forwards_logits(gemma: Gemma
         reused = min(entry.reuse(story, window=128), len(story) - 1)
         entry.truncate(reused)
         assert torch.allclose(_feed(gemma, entry, story[reused:]), _alone(gemma, story), atol=1e-4)
+
+
+def test_candidates_are_scored_as_a_fresh_forward_would_past_the_window(gemma: Gemma3ForCausalLM) -> None:
+    # The scorer reuses a kept prompt's cache where it can; a sliding window that already moved
+    # past the shared start cannot be cut back, and the prompt then runs afresh.
+    scorer = Likelihoods(gemma)
+    continuations = [[5, 6, 7, 8, 9, 10], [3, 4], [9, 9, 9, 9, 9]]
+    for prompt in (list(range(1, 11)), [*range(1, 8), 30, 31]):  # both past the window of 4
+        with torch.no_grad():
+            got = scorer(prompt, continuations)
+        for score, continuation in zip(got, continuations, strict=True):
+            ids = torch.tensor([prompt + continuation])
+            with torch.no_grad():
+                logits = gemma(input_ids=ids).logits[0].float()
+            picked = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1).gather(1, ids[0, len(prompt) :, None])
+            assert score == pytest.approx(float(picked.sum()), abs=1e-4)
