@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from aidungeon.model.sessions import common_prefix
+
 # Prompts whose cache is kept: the neutral one, and the last few actions'.
 KEPT_PROMPTS = 4
 
@@ -68,7 +70,7 @@ class Likelihoods:
         best: Any = None
         shared = 0
         for kept, (cache, _) in self._prompts.items():
-            length = min(_common_start(kept, prompt), len(prompt) - 1)
+            length = min(common_prefix(kept, prompt), len(prompt) - 1)
             if length > shared:
                 best, shared = cache, length
         if best is None:
@@ -98,10 +100,3 @@ class Likelihoods:
         )
         logprobs = torch.log_softmax(out.logits.float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]
         return [float(logprobs[row, : len(tokens) - 1].sum()) for row, tokens in enumerate(continuations)]
-
-
-def _common_start(a: Sequence[int], b: Sequence[int]) -> int:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return min(len(a), len(b))

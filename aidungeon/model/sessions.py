@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 CACHE_CHUNK = 256
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """The number of leading tokens `a` and `b` share."""
     limit = min(len(a), len(b))
     for i in range(limit):
