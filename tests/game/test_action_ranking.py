@@ -53,8 +53,10 @@ def test_off_or_without_scores_the_guards_choice_is_shown() -> None:
     assert shown_after(FakeEngine([DRAWN]), save_name="u") == DRAWN[0]  # an engine that cannot score, as a remote one
 
 
-def test_the_openings_continuation_and_a_single_candidate_are_not_scored() -> None:
-    engine = FakeEngine([DRAWN], scores=coin_scores)
-    game = make_session(engine, candidates=1)
+def test_a_turn_without_an_action_and_a_single_candidate_are_not_scored() -> None:
+    engine = FakeEngine([DRAWN, DRAWN], scores=coin_scores)
+    game = make_session(engine, candidates=3)
+    assert only(run(game, ""), "result").text == DRAWN[0]  # the story goes on: no action to answer
+    run(game, "/set candidates 1")
     run(game, "give the old man a coin")
     assert engine.scored == []
