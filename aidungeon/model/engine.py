@@ -29,7 +29,6 @@ It does not build prompts, clean text or choose between candidates; the game doe
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -47,7 +46,7 @@ from aidungeon.model.cpu.fastpath import DecodeStep, Group
 from aidungeon.model.protocol import Completion, GenerationStats, Request, Result, StopReason, StopRule, check_request
 from aidungeon.model.sampling import build_processors, sample_next
 from aidungeon.model.scoring import Likelihoods
-from aidungeon.model.sessions import SessionCache, SessionCaches, capacity
+from aidungeon.model.sessions import SessionCache, SessionCaches, cache_keyword, capacity
 
 if TYPE_CHECKING:
     from aidungeon.model.loader import LoadedModel
@@ -208,8 +207,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.device = next(model.parameters()).device
         self.eos_ids = self._eos_ids()
-        # transformers 5.24 renamed `past_key_values=` to `cache=`; older 5.x know only the first.
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_arg = cache_keyword(model)
         self.sessions = SessionCaches(cache_budget_bytes)
         # After running out of memory, the most rows one step feeds (None: no limit).
         self.max_rows: int | None = None

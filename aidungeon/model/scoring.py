@@ -12,7 +12,6 @@ engine's lock, so it never runs beside a decode step.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from aidungeon.model.sessions import common_prefix
+from aidungeon.model.sessions import cache_keyword, common_prefix
 
 # Prompts whose cache is kept: the neutral one, and the last few actions'.
 KEPT_PROMPTS = 4
@@ -32,8 +31,7 @@ class Likelihoods:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.device = next(model.parameters()).device
-        # transformers 5.24 renamed `past_key_values=` to `cache=`; older 5.x know only the first.
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_arg = cache_keyword(model)
         self._prompts: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
 
     def __call__(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:

@@ -11,6 +11,7 @@ This module does not run the model, and it is not thread-safe: the engine calls 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 # Static caches grow by this many tokens at a time (see `capacity`).
 CACHE_CHUNK = 256
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward's keyword for a cache: transformers 5.24 renamed `past_key_values=` to
+    `cache=`; older 5.x know only the first."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
