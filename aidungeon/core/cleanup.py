@@ -132,8 +132,52 @@ _PLAYER_TURN_PATTERNS = (
 )
 
 
+# Verbs that attribute speech, in every tense a narrator uses ("you say", "you said", "you sigh").
+_TAG_VERBS = (
+    "(?:say|says|said|ask|asks|asked|reply|replies|replied|respond|responds|responded|answer|answers|answered"
+    "|shout|shouts|shouted|yell|yells|yelled|scream|screams|screamed|whisper|whispers|whispered"
+    "|tell|tells|told|exclaim|exclaims|exclaimed|mutter|mutters|muttered|murmur|murmurs|murmured"
+    "|sigh|sighs|sighed|repeat|repeats|repeated|add|adds|added|cry|cries|cried|call|calls|called"
+    "|laugh|laughs|laughed|chuckle|chuckles|chuckled|nod|nods|nodded|shrug|shrugs|shrugged"
+    "|smile|smiles|smiled|grin|grins|grinned|insist|insists|insisted|continue|continues|continued)"
+)
+# Up to three words between the verb and the quote ("you say to her, "), none of which starts
+# another clause ("you smile and she says, "Hello"" is her speech, not yours).
+_TO_QUOTE = r"(?:\s+(?!and\b|but\b|as\b|while\b|when\b|then\b|before\b|after\b|until\b)[\w'’]+){0,3}\s*[,:]?\s*[\"“]"
+# Read with the words inside quotes blanked, so "you said" within someone's speech never counts.
+_SPEECH_BEFORE_QUOTE = (
+    # "You nodded, "Just like I am."", "and you say to him: "Run!""
+    re.compile(rf"\b(?i:you)\s+{_TAG_VERBS}\b{_TO_QUOTE}"),
+    # "You hold it high and say, "Enough.""
+    re.compile(rf"\bYou(?:\s+[\w'’]+){{1,5}}?\s+and\s+{_TAG_VERBS}\b{_TO_QUOTE}"),
+)
+# ""It's a gift," you sigh": the quote, then a lowercase "you" that attributes it (after a closing
+# full stop a capital "You" starts the player's next sentence, a different matter).
+_SPEECH_AFTER_QUOTE = re.compile(rf"(?:\"[^\"]*\"|“[^”]*”)[ \t]*,?[ \t]*you\s+{_TAG_VERBS}\b")
+
+
+def _blank_quotes(text: str) -> str:
+    """`text` with each quote's words replaced by spaces, its opening mark kept (same offsets)."""
+    return QUOTED_RE.sub(lambda quote: quote.group(0)[0] + " " * (len(quote.group(0)) - 1), text)
+
+
+def find_player_speech(text: str) -> int | None:
+    """Where the sentence starts in which the narrator puts words in the player's mouth ("You
+    nod, "Fine."" or ""Run!" you shout"), or None.
+
+    The first sentence never counts: a result may open by telling back what the player said.
+    """
+    starts = [_first(_SPEECH_BEFORE_QUOTE, _blank_quotes(text)), _first([_SPEECH_AFTER_QUOTE], text)]
+    found = min((start for start in starts if start is not None), default=None)
+    if found is None:
+        return None
+    start = max((span.start for span in sentence_spans(text) if span.start <= found), default=0)
+    return start or None
+
+
 def find_player_turn(text: str, *, player_name: str | None = None) -> int | None:
-    """Where the model starts writing the player's turn, or None.
+    """Where the model starts writing the player's turn, or None: a new "> action" or "You say"
+    line, or words put in the player's mouth past the first sentence (`find_player_speech`).
 
     With `player_name`, a line that opens with the player speaking ("Aria:" or "Aria says")
     counts too, including the first line.
@@ -142,7 +186,8 @@ def find_player_turn(text: str, *, player_name: str | None = None) -> int | None
     name = (player_name or "").strip()
     if name:
         patterns.append(re.compile(rf"(?m)^[ \t]*{re.escape(name)}(?:[ \t]*:|\s+(?:{_SPEECH_VERBS_3RD})\b)"))
-    return _first(patterns, text)
+    found = [index for index in (_first(patterns, text), find_player_speech(text)) if index is not None]
+    return min(found) if found else None
 
 
 def cut_player_turn(text: str, *, player_name: str | None = None) -> str:

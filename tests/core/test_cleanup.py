@@ -56,6 +56,37 @@ PLAYER_TURN_CASES = [
     ("The orc roars.\nAria: I draw my sword.", None, "The orc roars.\nAria: I draw my sword."),
     ("The orc roars.\nAria: I draw my sword.", "  ", "The orc roars.\nAria: I draw my sword."),
     ("The orc roars.\nDr. Who: run!", "Dr. Who", "The orc roars."),  # names are escaped, not regexes
+    # Words put in the player's mouth past the first sentence (the default model's, from the gold
+    # set): cut at that sentence, with whatever came after it.
+    (
+        'The flame burns bright. "It\'s a gift," you sigh. "A child\'s life." He raises his hand.',
+        None,
+        "The flame burns bright.",
+    ),
+    ('She asked you how. You nodded, "Just like I am. Just like how they say."', None, "She asked you how."),
+    ('The guard looks up. "Run! Now!" you shout. He runs.', None, "The guard looks up."),
+    ('She reads it. You hold it high and say, "What happens now?" She looks at you.', None, "She reads it."),
+    ('The man turns. And you say to him: "Go away." He leaves.', None, "The man turns."),
+    ("The man turns. \u201cGo away,\u201d you whisper.", None, "The man turns."),
+    # Not the player's words: someone else's speech, "you" inside a quote, "you" as the object,
+    # a new sentence after a closed quote, and the first sentence telling back what was said.
+    ('The man turns. You smile and she says, "Hello."', None, 'The man turns. You smile and she says, "Hello."'),
+    (
+        'The man turns. "You said you would come," he says.',
+        None,
+        'The man turns. "You said you would come," he says.',
+    ),
+    (
+        'A woman stands there. She looks at you with blue eyes and said "I brought you here."',
+        None,
+        'A woman stands there. She looks at you with blue eyes and said "I brought you here."',
+    ),
+    (
+        'The guard looks up. "Fine." You nod. He lets you in.',
+        None,
+        'The guard looks up. "Fine." You nod. He lets you in.',
+    ),
+    ('"Beware of the hall," you repeat as you walk in.', None, '"Beware of the hall," you repeat as you walk in.'),
 ]
 
 
