@@ -1,7 +1,7 @@
 """Play the gold set's adventures on a model and write every shown turn as unlabelled JSONL.
 
     python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36] [--voice off] [--candidates N]
-        [--temperature T] [--with-candidates]
+        [--temperature T] [--with-candidates] [--action-ranking on|off] [--seed-offset K]
 
 Six settings, two seeds each, 18 turns per adventure by default: the opening's continuation,
 then the coherence bench's scripted actions interleaved with open-ended ones a new player types
@@ -13,7 +13,9 @@ replay the adventures as they were before them. `--candidates N` draws N continu
 for the guard to rank; the default, 0, is the game's own choice (on the CPU, `CPU_CANDIDATES`),
 and `--candidates 1` replays the lever runs made before the CPU drew three. `--temperature T`
 samples at T instead of the game's default. `--with-candidates` adds every candidate the guard
-ranked, best (the shown one) first, to each record.
+ranked, best (the shown one) first, to each record. `--action-ranking off` shows the guard's
+own choice instead of the candidate the action explains best. `--seed-offset K` adds K to every
+adventure's seed: the same settings and characters, stories no one has read yet.
 """
 
 from __future__ import annotations
@@ -86,17 +88,20 @@ def main() -> None:
     )
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the game's)")
     parser.add_argument("--with-candidates", action="store_true", help="record every ranked candidate")
+    parser.add_argument("--action-ranking", choices=["on", "off"], default="on", help="the answering candidate first")
+    parser.add_argument("--seed-offset", type=int, default=0, help="added to every adventure's seed (new stories)")
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
     config = Config().with_value("max_new_tokens", args.max_new_tokens).with_value("context_tokens", 1024)
     config = config.with_value("narrator_voice", args.voice).with_value("player_voice", args.voice)
-    config = config.with_value("candidates", args.candidates)
+    config = config.with_value("candidates", args.candidates).with_value("action_ranking", args.action_ranking)
     if args.temperature is not None:
         config = config.with_value("temperature", args.temperature)
     scripted = load_script(SCRIPT)["actions"]
     with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
-        for index, (setting, character, name, seed) in enumerate(ADVENTURES[: args.adventures]):
+        for index, (setting, character, name, first_seed) in enumerate(ADVENTURES[: args.adventures]):
+            seed = first_seed + args.seed_offset
             if index < args.skip or (args.split != "all" and index % 2 != (args.split == "test")):
                 continue
             adventure = {"setting": setting, "character": character, "name": name, "seed": seed}

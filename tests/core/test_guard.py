@@ -148,6 +148,12 @@ def test_empty(shown: str) -> None:
         ("“I know my way,” she whispers.", False),
         ('He shouts "Stop, I beg you', False),  # an unclosed quote runs to the end
         ("Myra, Imogen and Ian wait for you.", False),
+        ("So far, so nice. Now let's get back down.", True),
+        ("We are on the right track.", True),
+        ("The guards let us pass into our camp.", True),
+        ("The US embassy is closed.", False),
+        ("Let’s see what the cave holds.", True),
+        ('"Let\'s go," she says.', False),
         ("", False),
     ],
 )
