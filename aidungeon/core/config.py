@@ -41,8 +41,9 @@ class Sampling:
     # by itself and cannot. The protocol endpoints (OpenAI, Kobold) turn them off unless asked.
     narrator_voice: bool = field(default=True, metadata={"help": "never narrate as I/my/we outside quoted speech"})
     player_voice: bool = field(default=True, metadata={"help": 'never write the player\'s speech ("You say ...")'})
+    # Off: over whole adventures it raised the turns a reader found senseless (benchmarks/RESULTS.md, #14).
     action_ranking: bool = field(
-        default=True, metadata={"help": "of equally clean candidates, show the one that answers your action best"}
+        default=False, metadata={"help": "of equally clean candidates, show the one that answers your action best"}
     )
 
     def __post_init__(self) -> None:
