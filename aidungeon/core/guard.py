@@ -69,6 +69,8 @@ JUNK_PENALTY = 25.0
 FRAGMENT_PENALTY = 5.0
 # Narrating as "I" breaks the second-person game, but the events may still be good.
 FIRST_PERSON_PENALTY = 4.0
+# Giving the player another name ("Your name is Grimbold") undoes who they chose to be.
+RENAMED_PENALTY = 4.0
 # The raw text played the player and was cut there: the shown part is fine, but the model was
 # drifting and the cut often leaves the result short. Prefer a candidate that stayed in its lane.
 PLAYER_TURN_PENALTY = 3.0
@@ -105,6 +107,7 @@ class Flags:
     repeated_ngrams: float = 0.0  # share of the shown text's word 3-grams already in recent results
     first_person: bool = False  # narration (outside quotes) in first person
     player_turn_shown: bool = False  # the shown text itself still has a player turn (uncleaned text)
+    renames_player: bool = False  # the narration names the player as someone else
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,29 @@ def is_first_person(text: str) -> bool:
     return _FIRST_PERSON_RE.search(QUOTED_RE.sub(" ", text)) is not None
 
 
+# "Your name is Grimbold", "You are Captain Vor'Thraxys": the narrator naming the player. Titles
+# alone ("You are Captain") are a role, not a name.
+_NAMING_RE = re.compile(
+    r"\b(?:[Yy]our name is|You are|[Yy]ou're)\s+(?:(?:now|called|named)\s+){0,2}([A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+)*)"
+)
+_TITLES = frozenset({"Captain", "Lord", "Lady", "Sir", "King", "Queen", "Prince", "Princess", "Doctor", "Dr"})
+
+
+def renames_player(text: str, player_name: str | None) -> bool:
+    """True when the narration (outside quotes) names the player as someone other than
+    `player_name`. Written from the 936 labelled turns, where it finds 8 of the 58 labelled as
+    identity drift and nothing else (benchmarks/RESULTS.md, #14): precise, not yet tried on turns
+    it was not written from. Without a name there is nothing to compare."""
+    name = (player_name or "").strip().split()
+    if not name:
+        return False
+    for match in _NAMING_RE.finditer(QUOTED_RE.sub(" ", text)):
+        words = set(match.group(1).split())
+        if name[0] not in words and not words <= _TITLES:
+            return True
+    return False
+
+
 def assess(raw: str, shown: str, *, recent: Sequence[str], player_name: str | None = None) -> Flags:
     """Flag what is wrong with one candidate: `raw` as generated, `shown` after cleanup.pipeline.
 
@@ -223,6 +249,7 @@ def assess(raw: str, shown: str, *, recent: Sequence[str], player_name: str | No
         repeated_ngrams=repeated_ngram_share(shown, recent),
         first_person=is_first_person(shown),
         player_turn_shown=find_player_turn(shown, player_name=player_name) is not None,
+        renames_player=renames_player(shown, player_name),
     )
 
 
@@ -238,6 +265,7 @@ def _penalty(flags: Flags) -> float:
         + JUNK_PENALTY * flags.junk
         + FRAGMENT_PENALTY * flags.fragment
         + FIRST_PERSON_PENALTY * flags.first_person
+        + RENAMED_PENALTY * flags.renames_player
         + PLAYER_TURN_PENALTY * flags.player_turn
         + REPEAT_PENALTY * flags.repeats
         + REPEATED_NGRAM_WEIGHT * flags.repeated_ngrams

@@ -35,6 +35,7 @@ from aidungeon.core.guard import (
     is_loop,
     loop_retry_sampling,
     rank,
+    renames_player,
     repeated_ngram_share,
     score,
 )
@@ -404,3 +405,29 @@ def test_answering_first_moves_up_the_best_answer_among_the_least_flawed() -> No
     assert guard.answering_first(ranked, [0.2, 0.2, 0.0]) == ranked  # a tie keeps the guard's order
     with pytest.raises(ValueError):
         guard.answering_first(ranked, [0.1])
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "expected"),
+    [
+        ("My dear friend, your name is Grimbold Trollsbane. A hero of the land.", "Bob", True),
+        ("You are Akira. I see a reflection of your face on the glass.", "Zara", True),
+        ("You are Captain Vor'Thraxys, Lord Commander of the Silver Swords.", "Anne", True),
+        ("You're now called Kalenne by the crew.", "Finn", True),
+        ("Your name is Nico. You work at a small-town hospital.", "Nico", False),
+        ("You are Captain Anne Bonny, and the ship is yours.", "Anne Bonny", False),
+        ("You are Captain of the Black Swan now.", "Anne", False),  # a role, not a name
+        ('"You are Akira, aren\'t you?" the old man asks.', "Zara", False),  # a character's mistake
+        ("You are alone in the hall.", "Zara", False),
+        ("Your name is Grimbold.", None, False),  # no name to compare with
+    ],
+)
+def test_renames_player(text: str, name: str | None, expected: bool) -> None:
+    assert renames_player(text, name) is expected
+    assert assess(text, text, recent=[], player_name=name).renames_player is expected
+
+
+def test_a_renamed_player_loses_to_a_clean_candidate() -> None:
+    renamed, clean = "Your name is Grimbold. The king bows.", "The king bows to you, Bob."
+    ranked = rank([(renamed, renamed, -0.5), (clean, clean, -2.0)], recent=[], player_name="Bob")
+    assert [s.text for s in ranked] == [clean, renamed]
