@@ -144,12 +144,14 @@ _TAG_VERBS = (
 # Up to three words between the verb and the quote ("you say to her, "), none of which starts
 # another clause ("you smile and she says, "Hello"" is her speech, not yours).
 _TO_QUOTE = r"(?:\s+(?!and\b|but\b|as\b|while\b|when\b|then\b|before\b|after\b|until\b)[\w'’]+){0,3}\s*[,:]?\s*[\"“]"
+_NOT_BETWEEN = r"(?:as|while|when|then|but|until|he|she|they|who|which|that)\b"
 # Read with the words inside quotes blanked, so "you said" within someone's speech never counts.
 _SPEECH_BEFORE_QUOTE = (
     # "You nodded, "Just like I am."", "and you say to him: "Run!""
     re.compile(rf"\b(?i:you)\s+{_TAG_VERBS}\b{_TO_QUOTE}"),
-    # "You hold it high and say, "Enough.""
-    re.compile(rf"\bYou(?:\s+[\w'’]+){{1,5}}?\s+and\s+{_TAG_VERBS}\b{_TO_QUOTE}"),
+    # "You hold it high and say, "Enough."": lower-case words between, none a new subject
+    # ("You step back as Yara smiles and says" is Yara's speech).
+    re.compile(rf"\bYou(?:\s+(?!{_NOT_BETWEEN})[a-z][\w'’]*){{1,5}}?\s+and\s+{_TAG_VERBS}\b{_TO_QUOTE}"),
 )
 # ""It's a gift," you sigh": the quote, then a lowercase "you" that attributes it (after a closing
 # full stop a capital "You" starts the player's next sentence, a different matter).

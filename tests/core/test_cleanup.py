@@ -72,6 +72,21 @@ PLAYER_TURN_CASES = [
     # a new sentence after a closed quote, and the first sentence telling back what was said.
     ('The man turns. You smile and she says, "Hello."', None, 'The man turns. You smile and she says, "Hello."'),
     (
+        'The scroll burns. You step back as Yara smiles and says, "Run."',
+        None,
+        'The scroll burns. You step back as Yara smiles and says, "Run."',
+    ),
+    (
+        'The scroll burns. You step back named Yara smiles and says, "Run."',
+        None,
+        'The scroll burns. You step back named Yara smiles and says, "Run."',
+    ),
+    (
+        'The scroll burns. You watch while it glows and say, "Run."',
+        None,
+        'The scroll burns. You watch while it glows and say, "Run."',
+    ),
+    (
         'The man turns. "You said you would come," he says.',
         None,
         'The man turns. "You said you would come," he says.',
