@@ -2,6 +2,7 @@
 
     python benchmarks/gold/play.py OUT.jsonl [--model smollm2-135m] [--turns 36] [--voice off] [--candidates N]
         [--temperature T] [--with-candidates] [--action-ranking on|off] [--seed-offset K]
+        [--set KEY=VALUE ...]
 
 Six settings, two seeds each, 18 turns per adventure by default: the opening's continuation,
 then the coherence bench's scripted actions interleaved with open-ended ones a new player types
@@ -13,9 +14,11 @@ replay the adventures as they were before them. `--candidates N` draws N continu
 for the guard to rank; the default, 0, is the game's own choice (on the CPU, `CPU_CANDIDATES`),
 and `--candidates 1` replays the lever runs made before the CPU drew three. `--temperature T`
 samples at T instead of the game's default. `--with-candidates` adds every candidate the guard
-ranked, best (the shown one) first, to each record. `--action-ranking off` shows the guard's
-own choice instead of the candidate the action explains best. `--seed-offset K` adds K to every
-adventure's seed: the same settings and characters, stories no one has read yet.
+ranked, best (the shown one) first, to each record. `--action-ranking on` shows, of equally
+clean candidates, the one the action explains best (off, as in the game, by default).
+`--seed-offset K` adds K to every adventure's seed: the same settings and characters, stories no
+one has read yet. `--set KEY=VALUE` sets any other game setting, as `/set` does
+(`--set repetition_penalty=1.05`).
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ def main() -> None:
     )
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the game's)")
     parser.add_argument("--with-candidates", action="store_true", help="record every ranked candidate")
-    parser.add_argument("--action-ranking", choices=["on", "off"], default="on", help="the answering candidate first")
+    parser.add_argument("--action-ranking", choices=["on", "off"], default="off", help="the answering candidate first")
     parser.add_argument("--seed-offset", type=int, default=0, help="added to every adventure's seed (new stories)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any game setting, as /set")
     args = parser.parse_args()
     home = os.environ.get("AIDUNGEON_TEST_MODEL_HOME", str(Path.home() / ".cache" / "aidungeon-tests"))
     loaded = load_model(args.model, default_paths({"AIDUNGEON_HOME": home}), device="cpu")
@@ -98,6 +102,9 @@ def main() -> None:
     config = config.with_value("candidates", args.candidates).with_value("action_ranking", args.action_ranking)
     if args.temperature is not None:
         config = config.with_value("temperature", args.temperature)
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        config = config.with_value(key.strip(), value.strip())
     scripted = load_script(SCRIPT)["actions"]
     with args.out.open("a" if args.skip else "w", encoding="utf-8") as out:
         for index, (setting, character, name, first_seed) in enumerate(ADVENTURES[: args.adventures]):
