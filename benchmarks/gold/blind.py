@@ -13,8 +13,8 @@ so far were helper agents given only DIR and told to open nothing else).
 
 `unblind` reads the readers' label files (one `{"cid": ..., "labels": {...}}` a line, as the
 guide asks), writes each run again with its labels (and the reader's file) as `DIR/<run>.jsonl`,
-and, for two runs of the same adventures, prints per label how many turns have it in only one
-run and a two-sided sign test. `score_run.py` gives each labelled run's rates.
+and compares the first run (the control) with each other one on the same adventures: per label,
+how many turns have it in only one of the two, and a two-sided sign test. `score_run.py` gives each labelled run's rates.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def unblind(key_path: Path, label_files: list[Path], out_dir: Path) -> None:
                 labels, reader = labelled[(name, record["id"])]
                 record |= {"labels": {k: labels.get(k) for k in LABELS}, "reader": reader}
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if len(runs) == 2:
-        compare(*runs.items())
+    first, *others = runs.items()
+    for other in others:
+        compare(first, other)
 
 
 def compare(first: tuple[str, list[dict[str, Any]]], second: tuple[str, list[dict[str, Any]]]) -> None:
