@@ -14,7 +14,8 @@ so far were helper agents given only DIR and told to open nothing else).
 `unblind` reads the readers' label files (one `{"cid": ..., "labels": {...}}` a line, as the
 guide asks), writes each run again with its labels (and the reader's file) as `DIR/<run>.jsonl`,
 and compares the first run (the control) with each other one on the same adventures: per label,
-how many turns have it in only one of the two, and a two-sided sign test. `score_run.py` gives each labelled run's rates.
+how many turns have it in only one of the two, and a two-sided sign test. `score_run.py` gives
+each labelled run's rates.
 """
 
 from __future__ import annotations
