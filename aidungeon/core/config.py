@@ -24,6 +24,10 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# What the repetition penalty sees: the story window before the turn as well, or only the turn's own tokens.
+REPETITION_SCOPES = ("story", "turn")
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How each continuation is sampled."""
@@ -34,6 +38,10 @@ class Sampling:
     repetition_penalty: float = field(default=1.15, metadata={"help": "penalty for words already used"})
     repetition_range: int = field(default=512, metadata={"help": "how many recent tokens the penalty sees"})
     repetition_slope: float = field(default=0.7, metadata={"help": "0 = flat penalty, 1 = oldest tokens free"})
+    repetition_scope: str = field(
+        default="story",
+        metadata={"help": "what the penalty sees: story (the window, as KoboldAI) or turn (its own words)"},
+    )
     max_new_tokens: int = field(default=60, metadata={"help": "longest continuation, in tokens"})
     candidates: int = field(default=0, metadata={"help": "continuations drawn per turn (0 = by device)"})
     seed: int | None = field(default=None, metadata={"help": "seed for reproducible stories (none = random)"})
@@ -53,6 +61,7 @@ class Sampling:
         _check(1.0 <= self.repetition_penalty <= 3.0, "repetition_penalty must be between 1 and 3")
         _check(self.repetition_range >= 0, "repetition_range must be 0 or more")
         _check(0.0 <= self.repetition_slope <= 1.0, "repetition_slope must be between 0 and 1")
+        _check(self.repetition_scope in REPETITION_SCOPES, "repetition_scope must be story or turn")
         _check(1 <= self.max_new_tokens <= 1024, "max_new_tokens must be between 1 and 1024")
         _check(0 <= self.candidates <= 16, "candidates must be between 0 (auto) and 16")
         _check(self.seed is None or self.seed >= 0, "seed must be a whole number, 0 or more")

@@ -34,25 +34,29 @@ class RangeRepetitionPenalty(LogitsProcessor):
     The penalty for a token at distance d (0 = the newest) is `1 + (penalty - 1) * w(d)` with
     `w(d) = 1 - slope * d / window`: slope 0 is a flat penalty, slope 1 fades it to nothing at
     the far end of the range. A token seen several times gets its strongest (most recent)
-    penalty. It is sign-aware: positive logits are divided by the penalty, negative logits are
+    penalty. The first `skip` tokens (the prompt, for `repetition_scope = "turn"`) are never
+    penalised. It is sign-aware: positive logits are divided by the penalty, negative logits are
     multiplied, so the penalty always makes a token less likely (the CTRL rule).
     """
 
-    def __init__(self, penalty: float, *, window: int, slope: float = 0.0) -> None:
+    def __init__(self, penalty: float, *, window: int, slope: float = 0.0, skip: int = 0) -> None:
         if penalty < 1.0:
             raise ValueError(f"penalty must be at least 1, got {penalty}")
         if window < 0:
             raise ValueError(f"window must be 0 or more, got {window}")
         if not 0.0 <= slope <= 1.0:
             raise ValueError(f"slope must be between 0 and 1, got {slope}")
+        if skip < 0:
+            raise ValueError(f"skip must be 0 or more, got {skip}")
         self.penalty = penalty
         self.window = window
         self.slope = slope
+        self.skip = skip
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.penalty == 1.0 or self.window == 0 or input_ids.shape[1] == 0:
+        if self.penalty == 1.0 or self.window == 0 or input_ids.shape[1] <= self.skip:
             return scores
-        recent = input_ids[:, -self.window :]
+        recent = input_ids[:, max(self.skip, input_ids.shape[1] - self.window) :]
         length = recent.shape[1]
         # Distance 0 is the newest token (the last column).
         distance = torch.arange(length - 1, -1, -1, device=scores.device, dtype=scores.dtype)
@@ -121,7 +125,10 @@ def build_processors(
     if sampling.repetition_penalty > 1.0 and sampling.repetition_range > 0:
         processors.append(
             RangeRepetitionPenalty(
-                sampling.repetition_penalty, window=sampling.repetition_range, slope=sampling.repetition_slope
+                sampling.repetition_penalty,
+                window=sampling.repetition_range,
+                slope=sampling.repetition_slope,
+                skip=prompt_length if sampling.repetition_scope == "turn" else 0,
             )
         )
     if sampling.temperature > 0:

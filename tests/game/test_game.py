@@ -233,9 +233,22 @@ def test_set_a_value(game: Session) -> None:
     assert data.settings["sampling"]["temperature"] == 0.5
 
 
+def test_set_the_repetition_scope(game: Session) -> None:
+    assert run(game, "/set repetition_scope turn") == [Event("info", "repetition_scope = turn")]
+    assert game.config.sampling.repetition_scope == "turn"
+
+
 @pytest.mark.parametrize(
     "line",
-    ["/set temperature hot", "/set temperature 99", "/set model x", "/set nosuch 1", "/set temperature", "/frobnicate"],
+    [
+        "/set temperature hot",
+        "/set temperature 99",
+        "/set model x",
+        "/set nosuch 1",
+        "/set temperature",
+        "/frobnicate",
+        "/set repetition_scope chapter",
+    ],
 )
 def test_bad_commands_give_one_error_event(game: Session, line: str) -> None:
     before = game.config

@@ -154,6 +154,22 @@ def test_greedy_has_no_warpers() -> None:
     assert (penalty.penalty, penalty.window, penalty.slope) == (1.15, 512, 0.7)
 
 
+def test_skipped_prompt_tokens_are_never_penalised() -> None:
+    # Prompt [1, 2] then the turn's own [3, 2]: 2 counts only as the turn's.
+    assert factors(RangeRepetitionPenalty(2.0, window=8, skip=2), ids([1, 2, 3, 2])) == [
+        [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    ]
+    assert factors(RangeRepetitionPenalty(2.0, window=8, skip=2), ids([1, 2])) == [[1.0] * VOCAB]  # nothing yet
+    with pytest.raises(ValueError, match="skip"):
+        RangeRepetitionPenalty(2.0, window=8, skip=-1)
+
+
+@pytest.mark.parametrize(("scope", "skip"), [("story", 0), ("turn", 10)])
+def test_the_scope_decides_whether_the_prompt_is_penalised(scope: str, skip: int) -> None:
+    processors = build_processors(Sampling(repetition_scope=scope), prompt_length=10, eos_ids=[0])
+    assert [p.skip for p in processors if isinstance(p, RangeRepetitionPenalty)] == [skip]
+
+
 def test_sampling_adds_temperature_last() -> None:
     sampling = Sampling(temperature=0.8, top_k=40, top_p=0.9)
     processors = build_processors(sampling, prompt_length=3, eos_ids=[0])

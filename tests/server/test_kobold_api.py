@@ -99,6 +99,7 @@ def test_generate_continues_the_prompt_with_koboldcpp_fields(kobold: tuple[TestC
     sampling = request.sampling
     assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.5, 1.0, 20)
     assert (sampling.repetition_penalty, sampling.repetition_range, sampling.repetition_slope) == (1.3, 64, 0.5)
+    assert sampling.repetition_scope == "story"  # KoboldAI's penalty covers the context, whatever the game's default
     assert sampling.max_new_tokens == 40 and request.seed == 42 and request.n == 1
     assert request.session == "kobold:local"  # one cache per caller: a resent story reuses it
 

@@ -29,6 +29,7 @@ from aidungeon.server.db import open_database
 from aidungeon.server.games import GameModel, Games
 from aidungeon.server.limits import Limits
 from aidungeon.server.protocols import CORS_PATHS, routers
+from aidungeon.server.protocols.openai_schemas import CompletionBody
 from aidungeon.server.state import ServerState
 from tests.server.conftest import Server, make_server
 from tests.support.fake_engine import scripted_text
@@ -227,3 +228,9 @@ def test_a_full_queue_is_a_503_and_a_player_needs_their_token(fake: tuple[openai
     mine = client.with_options(api_key=token)
     assert mine.completions.create(model="x", prompt="Go.", max_tokens=4, user="u1").choices[0].text
     assert made.engine.requests[-1].session.endswith(":u1")  # the `user` field keeps its own cache
+
+
+def test_the_penalty_covers_the_whole_prompt_as_openai_servers_do() -> None:
+    sampling = CompletionBody(prompt="Go.", repetition_penalty=1.2).sampling(max_new=16, window=2048)
+    assert (sampling.repetition_penalty, sampling.repetition_range, sampling.repetition_slope) == (1.2, 2048, 0.0)
+    assert sampling.repetition_scope == "story"  # not the game's turn-only scope, whatever its default

@@ -72,6 +72,7 @@ class GenerateBody(_Lenient):
             repetition_penalty=_clamp(max(penalties, default=values["rep_pen"]), 1.0, 3.0),
             repetition_range=int(_clamp(values["rep_pen_range"], 0, window)),
             repetition_slope=_clamp(values["rep_pen_slope"], 0.0, 1.0),
+            repetition_scope="story",  # the protocol's penalty covers the context
             max_new_tokens=max_new,
             candidates=1,
             narrator_voice=self.narrator_voice,

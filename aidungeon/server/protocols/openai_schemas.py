@@ -86,6 +86,7 @@ class CompletionBody(BaseModel):
             repetition_penalty=self.repetition_penalty or 1.0,
             repetition_range=window,
             repetition_slope=0.0,
+            repetition_scope="story",  # the protocol's penalty covers the context
             max_new_tokens=max_new,
             candidates=1,
             narrator_voice=self.narrator_voice,
