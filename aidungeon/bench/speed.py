@@ -106,6 +106,8 @@ class TurnRecord:
     generated_tokens: int = 0
     # Every attempt gave unusable text (the game said so); its time is still a real turn's.
     stalled: bool = False
+    # Attempts after the first (a loop or no usable text): the figures above are the last one's.
+    retries: int = 0
 
 
 def speed_bench(args: argparse.Namespace, paths: Paths, *, started_at: float | None = None) -> dict[str, Any]:
@@ -226,6 +228,7 @@ def play_session(
                     cache_hit=stats.cache_hit,
                     decode_tok_s=stats.decode_tok_s,
                     stalled=bool(errors),
+                    retries=sum(e.kind is EventKind.RESTART for e in events),
                     generated_tokens=stats.new_tokens * session.turns.candidate_count(config),  # rows decode in step
                 )
             )

@@ -38,9 +38,10 @@ class Sampling:
     repetition_penalty: float = field(default=1.15, metadata={"help": "penalty for words already used"})
     repetition_range: int = field(default=512, metadata={"help": "how many recent tokens the penalty sees"})
     repetition_slope: float = field(default=0.7, metadata={"help": "0 = flat penalty, 1 = oldest tokens free"})
+    # "turn": penalising the story and the action made turns senseless (benchmarks/RESULTS.md, #14).
     repetition_scope: str = field(
-        default="story",
-        metadata={"help": "what the penalty sees: story (the window, as KoboldAI) or turn (its own words)"},
+        default="turn",
+        metadata={"help": "what the penalty sees: turn (its own words) or story (the window, as KoboldAI)"},
     )
     max_new_tokens: int = field(default=60, metadata={"help": "longest continuation, in tokens"})
     candidates: int = field(default=0, metadata={"help": "continuations drawn per turn (0 = by device)"})

@@ -174,7 +174,8 @@ def sampling_fields(sampling: Sampling, *, off_top_k: int) -> dict[str, Any]:
     """The game's sampling in the spellings servers read (vLLM's and llama.cpp's both: each
     ignores the other's). A top_k of 0 (off) is -1 for vLLM and the llama.cpp server. The
     narrator- and player-voice steps (`voice.py`) are logits processors the server would have to
-    run; no server takes them, so on a remote engine they are skipped."""
+    run; no server takes them, so on a remote engine they are skipped. Nor can a server keep its
+    repetition penalty to the turn's own tokens (`repetition_scope`): it penalises the prompt too."""
     return {
         "max_tokens": sampling.max_new_tokens,
         "temperature": sampling.temperature,
