@@ -35,7 +35,9 @@ class Sampling:
     temperature: float = field(default=0.8, metadata={"help": "randomness (0 = always the likeliest word)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus: keep the likeliest words up to this mass"})
     top_k: int = field(default=40, metadata={"help": "keep only the k likeliest words (0 = off)"})
-    repetition_penalty: float = field(default=1.15, metadata={"help": "penalty for words already used"})
+    # 1.05: lighter than KoboldAI's 1.15 followed more actions and made fewer senseless turns, for a
+    # little more repetition (benchmarks/RESULTS.md, #14).
+    repetition_penalty: float = field(default=1.05, metadata={"help": "penalty for words already used"})
     repetition_range: int = field(default=512, metadata={"help": "how many recent tokens the penalty sees"})
     repetition_slope: float = field(default=0.7, metadata={"help": "0 = flat penalty, 1 = oldest tokens free"})
     # "turn": penalising the story and the action made turns senseless (benchmarks/RESULTS.md, #14).
