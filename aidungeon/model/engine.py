@@ -78,8 +78,15 @@ class _Row:
     def done(self) -> bool:
         return bool(self.stop_reason)
 
-    def completion(self) -> Completion:
+    def visible(self) -> str:
+        """The text so far, never past a stop found so far, and without a character the last token
+        left half-written (byte-level tokens can split one): it shows once the next token completes
+        it, and never if the generation ends first, in the stream and the result alike."""
         text = self.text if self.cut is None else self.text[: self.cut]
+        return text.rstrip("\ufffd")
+
+    def completion(self) -> Completion:
+        text = self.visible()
         mean = self.logprob_sum / len(self.ids) if self.ids else 0.0
         return Completion(
             text=text,
@@ -90,11 +97,9 @@ class _Row:
         )
 
     def piece(self) -> str:
-        """The row's new text: never past a stop found so far, never half a character (a stop found
-        later can still cut text already streamed; the final result replaces the preview)."""
-        visible = self.text if self.cut is None else self.text[: self.cut]
-        if not self.done and visible.endswith("\ufffd"):
-            return ""
+        """The row's new visible text (a stop found later can still cut text already streamed; the
+        final result replaces the preview)."""
+        visible = self.visible()
         piece = visible[self.streamed :]
         self.streamed = len(visible)
         return piece

@@ -485,3 +485,17 @@ def test_a_cancel_token_stops_between_steps_and_leaves_a_reusable_cache(engine, 
     assert after.stats.reused_tokens == len(fed) - 1
     reference = Engine(engine.model, engine.tokenizer, window=engine.window).generate(fed, GREEDY).run()
     assert after.candidates[0].token_ids == reference[0].token_ids
+
+
+def test_a_half_written_character_is_never_streamed_nor_kept() -> None:
+    from aidungeon.model.engine import _Row
+    from aidungeon.model.protocol import StopReason
+
+    row = _Row()
+    row.ids, row.text = [1, 2], "You find gold \ufffd"  # the last token holds half of "é"
+    assert row.piece() == "You find gold "
+    row.ids, row.text = [1, 2, 3], "You find gold é"
+    assert row.piece() == "é"
+    row.ids, row.text = [1, 2, 3, 4], "You find gold é \ufffd\ufffd"  # the token limit ends it there
+    row.stop_reason = StopReason.LENGTH
+    assert row.piece() == " " and row.completion().text == "You find gold é "
