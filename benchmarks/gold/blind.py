@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from play import ADVENTURES
+from score_run import LABELS
 
 from aidungeon.storage import prompts
 
 GUIDE = Path(__file__).with_name("blind-guide.md")
-LABELS = ("first_person", "plays_player", "ignored_action", "identity_drift", "fragment", "repetition", "incoherent")
 SHOWN_CHARS = 300  # of each earlier result and of the opening: enough to follow, short to read
 
 

@@ -25,6 +25,7 @@ from aidungeon.core.guard import (
     REPEATED_NGRAM_WEIGHT,
     RETRY_PENALTY_CAP,
     RETRY_TEMPERATURE_CAP,
+    SELF_REPEAT_WEIGHT,
     Flags,
     Scored,
     assess,
@@ -38,6 +39,7 @@ from aidungeon.core.guard import (
     renames_player,
     repeated_ngram_share,
     score,
+    self_repeated_share,
 )
 
 CLOSET = "You check the closet. It is empty."
@@ -171,13 +173,35 @@ def test_repeated_ngram_share_edges() -> None:
     assert repeated_ngram_share("A, B. C!", ["a b c"]) == 1.0
 
 
+def test_self_repeated_share_counts_what_the_text_already_said() -> None:
+    assert self_repeated_share("Go.") == 0.0  # no word pairs
+    assert self_repeated_share("You open the door and walk in.") == 0.0
+    assert self_repeated_share("a b c a b c") == 0.4  # of 5 pairs, "a b" and "b c" the second time
+    # Case and punctuation do not hide a repeat.
+    assert self_repeated_share("You will not leave. YOU WILL NOT, leave!") == pytest.approx(3 / 7)
+
+
+def test_a_turn_that_repeats_itself_loses_to_a_less_likely_one_that_does_not() -> None:
+    """Turns from the blind reads (rep-penalty-1.0), the first labelled repetition by its readers:
+    a repeat is likely, so the model's own confidence alone would pick it."""
+    repeats = (
+        "You will take only the bravest of your comrades with you. You will not leave them. "
+        "You will do it. You will not leave. Your comrades will not fight you."
+    )
+    fresh = "Aldermendrech's not a good place to live. He's a king's son, and the king wants you in the throne room."
+    assert assess(repeats, repeats, recent=[]).self_repeated > 0.1
+    assert assess(fresh, fresh, recent=[]).self_repeated == 0.0
+    best = rank([(repeats, repeats, -1.2), (fresh, fresh, -1.9)], recent=[])[0]
+    assert best.text == fresh
+
+
 # -- score ---------------------------------------------------------------------------------------
 
 
 def test_score_is_the_documented_weighted_sum() -> None:
     assert score(Flags(), -2.5) == -2.5
-    flags = Flags(loop=True, repeats=2, repeated_ngrams=0.5, fragment=True, first_person=True)
-    expected = -1.0 - LOOP_PENALTY - 2 * REPEAT_PENALTY - 0.5 * REPEATED_NGRAM_WEIGHT
+    flags = Flags(loop=True, repeats=2, repeated_ngrams=0.5, fragment=True, first_person=True, self_repeated=0.25)
+    expected = -1.0 - LOOP_PENALTY - 2 * REPEAT_PENALTY - 0.5 * REPEATED_NGRAM_WEIGHT - 0.25 * SELF_REPEAT_WEIGHT
     expected -= FRAGMENT_PENALTY + FIRST_PERSON_PENALTY
     assert score(flags, -1.0) == pytest.approx(expected)
     flags = Flags(empty=True, junk=True, player_turn=True, player_turn_shown=True)
