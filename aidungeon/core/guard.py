@@ -79,12 +79,16 @@ REPEAT_PENALTY = 3.0
 # Times the share (0..1) of 3-grams already told: graded, so a near-loop below the loop threshold
 # still loses; copying half the phrases costs as much as a fragment.
 REPEATED_NGRAM_WEIGHT = 10.0
-# Times the share (0..1) of the text's word pairs it already said itself ("You will not leave them.
-# You will not leave."): the lighter repetition penalty lets a turn repeat itself, and the model's
-# own confidence favours it (a repeat is likely), so without this the ranking would pick it. Pairs,
-# not 3-grams: a turn that repeats itself repeats sentence frames more than whole phrases (on the
-# 1,008 blind-read turns, pairs tell the 121 labelled repetitive ones apart with AUC 0.95, 3-grams 0.93).
+# Times the share (0..1) of the text's word pairs it already said itself, past SELF_REPEAT_FREE
+# ("You will not leave them. You will not leave."): the lighter repetition penalty lets a turn
+# repeat itself, and the model's own confidence favours it (a repeat is likely), so without this the
+# ranking would pick it. Pairs, not 3-grams: a turn that repeats itself repeats sentence frames more
+# than whole phrases (on 1,008 blind-read turns pairs tell the 121 labelled repetitive ones apart
+# with AUC 0.95, 3-grams 0.93). The free share is what answering costs: a turn that follows the
+# action says its words again ("You open the door. The door creaks"), and penalising every repeated
+# pair cost a blind read 17 of 132 actions followed (RESULTS, #14).
 SELF_REPEAT_WEIGHT = 10.0
+SELF_REPEAT_FREE = 0.1
 SELF_REPEAT_NGRAM = 2
 # The model's own confidence: the tie-breaker between candidates with the same flaws.
 LOGPROB_WEIGHT = 1.0
@@ -284,7 +288,7 @@ def _penalty(flags: Flags) -> float:
         + PLAYER_TURN_PENALTY * flags.player_turn
         + REPEAT_PENALTY * flags.repeats
         + REPEATED_NGRAM_WEIGHT * flags.repeated_ngrams
-        + SELF_REPEAT_WEIGHT * flags.self_repeated
+        + SELF_REPEAT_WEIGHT * max(0.0, flags.self_repeated - SELF_REPEAT_FREE)
     )
 
 

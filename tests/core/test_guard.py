@@ -25,6 +25,7 @@ from aidungeon.core.guard import (
     REPEATED_NGRAM_WEIGHT,
     RETRY_PENALTY_CAP,
     RETRY_TEMPERATURE_CAP,
+    SELF_REPEAT_FREE,
     SELF_REPEAT_WEIGHT,
     Flags,
     Scored,
@@ -195,13 +196,21 @@ def test_a_turn_that_repeats_itself_loses_to_a_less_likely_one_that_does_not() -
     assert best.text == fresh
 
 
+def test_saying_the_actions_words_again_costs_nothing() -> None:
+    """An answer names what the player acted on again: a few repeated pairs are free."""
+    answer = "You open the door. It creaks, and behind the door a narrow stair leads down into the dark cellar."
+    assert 0.0 < self_repeated_share(answer) <= SELF_REPEAT_FREE
+    assert score(assess(answer, answer, recent=[]), -1.5) == -1.5
+
+
 # -- score ---------------------------------------------------------------------------------------
 
 
 def test_score_is_the_documented_weighted_sum() -> None:
     assert score(Flags(), -2.5) == -2.5
     flags = Flags(loop=True, repeats=2, repeated_ngrams=0.5, fragment=True, first_person=True, self_repeated=0.25)
-    expected = -1.0 - LOOP_PENALTY - 2 * REPEAT_PENALTY - 0.5 * REPEATED_NGRAM_WEIGHT - 0.25 * SELF_REPEAT_WEIGHT
+    expected = -1.0 - LOOP_PENALTY - 2 * REPEAT_PENALTY - 0.5 * REPEATED_NGRAM_WEIGHT
+    expected -= (0.25 - SELF_REPEAT_FREE) * SELF_REPEAT_WEIGHT
     expected -= FRAGMENT_PENALTY + FIRST_PERSON_PENALTY
     assert score(flags, -1.0) == pytest.approx(expected)
     flags = Flags(empty=True, junk=True, player_turn=True, player_turn_shown=True)
