@@ -286,12 +286,16 @@ class TurnPipeline:
 
     @staticmethod
     def _sampling(config: Config, attempt: int) -> Sampling:
-        """The player's sampling, made livelier on each automatic retry after a loop."""
+        """The player's sampling, made livelier on each automatic retry after a loop. A retry's
+        repetition penalty sees the story too: a loop is the story's own words coming back, which
+        a penalty over the turn's words alone does not see."""
         sampling = config.sampling
         if attempt == 0:
             return sampling
         temperature, penalty = guard.loop_retry_sampling(sampling.temperature, sampling.repetition_penalty, attempt)
-        return dataclasses.replace(sampling, temperature=temperature, repetition_penalty=penalty)
+        return dataclasses.replace(
+            sampling, temperature=temperature, repetition_penalty=penalty, repetition_scope="story"
+        )
 
     def _seed(self, story: Story, config: Config, attempt: int) -> int:
         """Same seed and same actions give the same story; otherwise a fresh random seed."""

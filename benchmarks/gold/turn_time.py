@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from play import ADVENTURES, mixed_actions
+
 from aidungeon.bench.coherence import SCRIPT, adventure_lines, load_script
 from aidungeon.core.config import Config
 from aidungeon.game.session import Session
@@ -28,7 +30,6 @@ from aidungeon.model.engine import Engine
 from aidungeon.model.loader import LoadedModel, load_model
 from aidungeon.storage import prompts
 from aidungeon.storage.paths import default_paths
-from benchmarks.gold.play import ADVENTURES, mixed_actions
 
 MODES = {"on": "on", "off": "off"}  # mode -> the settings' value
 
