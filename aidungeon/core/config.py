@@ -40,9 +40,11 @@ class Sampling:
     repetition_penalty: float = field(default=1.05, metadata={"help": "penalty for words already used"})
     repetition_range: int = field(default=512, metadata={"help": "how many recent tokens the penalty sees"})
     repetition_slope: float = field(default=0.7, metadata={"help": "0 = flat penalty, 1 = oldest tokens free"})
-    # "turn": penalising the story and the action made turns senseless (benchmarks/RESULTS.md, #14).
+    # "story": at 1.05, a penalty over the turn's own words alone let the story repeat its own
+    # pattern turn after turn (half the turns of 12-turn adventures read blind, all of turns 81-100);
+    # over the window it did so half as often (benchmarks/RESULTS.md, #14).
     repetition_scope: str = field(
-        default="turn",
+        default="story",
         metadata={"help": "what the penalty sees: turn (its own words) or story (the window, as KoboldAI)"},
     )
     max_new_tokens: int = field(default=60, metadata={"help": "longest continuation, in tokens"})

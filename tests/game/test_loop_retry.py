@@ -14,6 +14,7 @@ NEW = "She hands you the key and runs for the door."
 def test_a_loop_is_drawn_again_with_the_penalty_over_the_story() -> None:
     engine = FakeEngine([FIRST, AGAIN, NEW])
     game = make_session(engine, candidates=1)
+    run(game, "/set repetition_scope turn")  # a player's choice; the retry still sees the story
     assert only(run(game, "look around"), "result").text == FIRST
     assert only(run(game, "look at her"), "result").text == NEW
     first, looped, again = (request.sampling for request in engine.requests)
