@@ -23,12 +23,22 @@ from aidungeon.model.protocol import Completion, GenerationStats, Request, Resul
 
 THINGS = ("lantern", "raven", "old map", "iron gate", "river", "stranger", "torch", "bell")
 DEEDS = ("flickers beside you", "cries out in the hall", "creaks far below", "rushes north", "waits by the fire")
-SENTENCES = tuple(f"The {thing} {deed}." for deed in DEEDS for thing in THINGS)
+WEATHER = ("Rain falls", "A cold wind blows", "Fog rolls in")
+SOUNDS = (
+    "while a dog barks",
+    "as bells ring far off",
+    "and smoke drifts over the roofs",
+    "while boots scrape on stone",
+    "as a door slams somewhere",
+    "and gulls cry overhead",
+    "while the fire crackles",
+)
 
 
 def scripted_text(call: int) -> str:
-    """Two sentences no other call within twenty shares."""
-    return f"{SENTENCES[(2 * call) % len(SENTENCES)]} {SENTENCES[(2 * call + 1) % len(SENTENCES)]}"
+    """Two sentences no other call within twenty shares, and under half alike (cleanup.similarity)
+    any of the six before: a game of them never repeats itself, not even as a template."""
+    return f"The {THINGS[call % 8]} {DEEDS[call % 5]}. {WEATHER[call % 3]} {SOUNDS[call % 7]}."
 
 
 @dataclass
